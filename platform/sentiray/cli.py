@@ -1,0 +1,194 @@
+"""The ``sentiray`` command line.
+
+    sentiray demo                          the whole chain on CPU with tiny models
+    sentiray run jobs/X.yaml [a.b=c ...]   run the stage a job YAML names
+    sentiray data prepare ... / stats URI  canonical data sets
+    sentiray models tiny OUT               tiny HF models for tests and the demo
+    sentiray config show FILE [a.b=c ...]  print the resolved, validated config
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from sentiray.config import ConfigError
+
+
+def _print_yaml(obj: Any) -> None:
+    import yaml
+
+    print(yaml.safe_dump(obj, sort_keys=False).rstrip())
+
+
+def _warn_if_lost_in_ray_job(cfg) -> None:
+    """Inside a Ray job the working directory is a temporary copy: relative outputs vanish."""
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
+        return
+    from sentiray.data import storage
+
+    root = cfg.storage.root
+    if not storage.is_remote(root) and not os.path.isabs(root):
+        print(
+            f"warning: running inside a Ray job with storage.root={root!r} (relative): outputs land in the "
+            "job's temporary working directory. Use an s3:// or shared absolute storage.root.",
+            file=sys.stderr,
+        )
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from sentiray import config, stages
+
+    cfg = config.load(args.config, args.overrides)
+    if args.expect_stage and cfg.stage != args.expect_stage:
+        raise ConfigError(f"{args.config} is a {cfg.stage!r} job, not {args.expect_stage!r}: use `sentiray run`")
+    stages.stage_function(cfg.stage)  # unknown stage fails before any work starts
+    _warn_if_lost_in_ray_job(cfg)
+    summary = stages.run_stage(cfg)
+    if args.json:
+        print(json.dumps(summary, default=str, indent=2))
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from sentiray import config
+
+    print(config.to_yaml(config.load(args.config, args.overrides)).rstrip())
+    return 0
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from sentiray import config, stages
+
+    data: dict[str, Any] = {"format": args.format, "output": args.output}
+    for key in ("input", "task", "size", "seed", "image_mode", "features"):
+        value = getattr(args, key)
+        if value is not None:
+            data[key] = value
+    if args.overwrite:
+        data["overwrite"] = True
+    raw = config.apply_overrides({"stage": "data", "data": data}, args.overrides)
+    cfg = config.validate(raw, source="sentiray data prepare")
+    stages.run_stage(cfg)
+    return 0
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from sentiray.data.schema import dataset_stats
+
+    stats = dataset_stats(args.uri)
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    print(f"{stats['uri']}  source={stats['source']}  task={stats['task']}  rejects={stats['rejects']}")
+    for split, entry in stats["splits"].items():
+        labels = ", ".join(f"{k}={v}" for k, v in entry["labels"].items())
+        cov = ", ".join(f"{k}={v}" for k, v in entry["coverage"].items() if v)
+        print(f"  {split:<5} rows={entry['rows']:<6} labels: {labels or '-'}")
+        print(f"        with: {cov}")
+        if "score" in entry:
+            s = entry["score"]
+            print(f"        score: min={s['min']:.2f} max={s['max']:.2f} mean={s['mean']:.2f}")
+    if stats["reject_reasons"]:
+        print(f"  reject reasons: {stats['reject_reasons']}")
+    return 0
+
+
+def cmd_models_tiny(args: argparse.Namespace) -> int:
+    from sentiray.models.tiny import build_tiny_models
+
+    paths = build_tiny_models(args.out, seed=args.seed)
+    for kind, path in paths.items():
+        print(f"{kind:<10} {path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from sentiray.demo import run_demo
+
+    run_demo(workdir=args.workdir, size=args.size, fresh=args.fresh)
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override config fields (values parsed as YAML)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sentiray", description="Multimodal sentiment reasoning distillation on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="run the whole pipeline on CPU with tiny models and synthetic data")
+    p.add_argument("--workdir", default="runs/demo", help="where the demo writes (default runs/demo)")
+    p.add_argument("--size", type=int, default=600, help="synthetic samples (default 600)")
+    p.add_argument("--fresh", action="store_true", help="delete the workdir first instead of reusing finished stages")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("run", help="run the stage that a job YAML names (locally or inside a Ray job)")
+    p.add_argument("config", help="job YAML, e.g. jobs/data.yaml")
+    _add_overrides(p)
+    p.add_argument("--json", action="store_true", help="print the stage summary as JSON")
+    p.set_defaults(func=cmd_run, expect_stage=None)
+
+    p = sub.add_parser("config", help="inspect configs")
+    csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    c = csub.add_parser("show", help="print the resolved, validated config")
+    c.add_argument("config")
+    _add_overrides(c)
+    c.set_defaults(func=cmd_config_show)
+
+    p = sub.add_parser("data", help="prepare and inspect canonical data sets")
+    dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    d = dsub.add_parser("prepare", help="read a public data set (or generate one) into the canonical Parquet form")
+    d.add_argument("--format", required=True, help="synthetic, twitter2015, twitter2017, mabsa_json, mvsa_single, "
+                   "mvsa_multiple, mosi, mosei, sims, simsv2, meld")
+    d.add_argument("--input", help="folder of the public data set (not for synthetic)")
+    d.add_argument("--output", required=True, help="URI of the canonical data set (local path or s3://)")
+    d.add_argument("--task", help="synthetic: msc, masc, mabsa, msa or erc")
+    d.add_argument("--size", type=int, help="synthetic: number of samples")
+    d.add_argument("--seed", type=int)
+    d.add_argument("--image-mode", dest="image_mode", choices=["bytes", "uri"])
+    d.add_argument("--features", help="meld: pickle of audio/video features")
+    d.add_argument("--overwrite", action="store_true", help="rewrite a complete output")
+    _add_overrides(d)
+    d.set_defaults(func=cmd_data_prepare)
+    d = dsub.add_parser("stats", help="counts per split and label, modality coverage")
+    d.add_argument("uri")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_data_stats)
+
+    p = sub.add_parser("models", help="model utilities")
+    msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    m = msub.add_parser("tiny", help="build tiny models (VLM, causal LM, encoder) in HF format")
+    m.add_argument("out")
+    m.add_argument("--seed", type=int, default=0)
+    m.set_defaults(func=cmd_models_tiny)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sentiray.data.schema import DataError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,375 @@
+"""Config: pydantic schemas per concern, YAML loading and ``a.b=c`` overrides.
+
+A job YAML names its ``stage`` and carries the sections that stage needs. It is validated
+once on the driver, before Ray starts, and shipped to workers as a plain dict
+(``cfg.model_dump()``), which each worker validates again.
+
+The schemas are the documentation of every knob: read them to learn what a YAML may say.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Task = Literal["msc", "masc", "mabsa", "msa", "erc"]
+DataFormat = Literal[
+    "synthetic",
+    "canonical",
+    "twitter2015",
+    "twitter2017",
+    "mabsa_json",
+    "mvsa_single",
+    "mvsa_multiple",
+    "mosi",
+    "mosei",
+    "sims",
+    "simsv2",
+    "meld",
+]
+Stage = Literal["data", "rationales", "train", "augment", "evaluate", "tune", "serve"]
+
+
+class ConfigError(ValueError):
+    """A config is wrong; the message names each field and why."""
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+# --------------------------------------------------------------------------- storage / ray / tracking
+
+
+class StorageConfig(Section):
+    root: str = Field("runs", description="Base URI for outputs given as relative names (local path or s3://).")
+
+
+class RayConfig(Section):
+    address: str | None = Field(None, description="Ray cluster address; None starts (or joins, via RAY_ADDRESS) a local one.")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for a local cluster started by sentiray.")
+    namespace: str | None = None
+    runtime_env: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrackingConfig(Section):
+    enabled: bool = True
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI; default MLFLOW_TRACKING_URI or ./runs/mlflow.")
+    experiment: str = "sentiray"
+    run_name: str | None = None
+    parent_run_id: str | None = Field(None, description="Nest this stage's run under an existing run (pipelines).")
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- data
+
+
+class DataConfig(Section):
+    format: DataFormat = "synthetic"
+    input: str | None = Field(None, description="Folder (or file) of the public data set; not used by 'synthetic'.")
+    output: str = Field("data/synthetic", description="URI of the canonical data set to write (relative: under storage.root).")
+    task: Task | None = Field(None, description="Task; implied by the format except for 'synthetic' (default msc).")
+    size: int = Field(600, gt=0, description="Synthetic: total samples over all splits.")
+    seed: int = 0
+    split_ratios: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="train/dev/test for formats without splits.")
+    image_mode: Literal["bytes", "uri"] = Field("bytes", description="Store images inside the Parquet rows or as URIs.")
+    image_size: int = Field(64, ge=8, le=1024, description="Synthetic: side of the drawn images in pixels.")
+    features: str | None = Field(None, description="MELD: the pickle of audio/video features per utterance.")
+    shard_rows: int = Field(2000, gt=0)
+    overwrite: bool = Field(False, description="Rewrite an output that is already complete.")
+
+    @field_validator("split_ratios")
+    @classmethod
+    def _ratios_sum_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(r < 0 for r in v) or abs(sum(v) - 1.0) > 1e-6:
+            raise ValueError(f"must be three non-negative numbers summing to 1, got {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _input_needed(self) -> "DataConfig":
+        if self.format not in ("synthetic",) and not self.input:
+            raise ValueError(f"format {self.format!r} reads a data set: set data.input to its folder")
+        return self
+
+
+# --------------------------------------------------------------------------- models
+
+
+class LoraConfig(Section):
+    enabled: bool = False
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    merge_on_save: bool = Field(True, description="Save the merged model (True) or the adapter alone (False).")
+
+
+class ModelConfig(Section):
+    path: str = Field(..., description="HF checkpoint: a local folder or an s3:// prefix.")
+    kind: Literal["vlm", "causal_lm", "encoder"] = "vlm"
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    trust_remote_code: bool = False
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+
+
+# --------------------------------------------------------------------------- teacher
+
+
+class TeacherConfig(Section):
+    backend: Literal["hf", "openai", "vllm"] = "hf"
+    name: str | None = Field(None, description="Recorded with every rationale; default: the model path or endpoint model.")
+    model: ModelConfig | None = None
+    endpoint: str | None = Field(None, description="openai: base URL, e.g. http://host:8000/v1.")
+    endpoint_model: str | None = Field(None, description="openai: the model name sent in requests.")
+    api_key_env: str = "OPENAI_API_KEY"
+    max_new_tokens: int = Field(512, gt=0)
+    temperature: float = Field(0.0, ge=0)
+    batch_size: int = Field(8, gt=0)
+    concurrency: int = Field(1, gt=0, description="hf: actors; openai: requests in flight.")
+    num_cpus: float = Field(1, ge=0)
+    num_gpus: float = Field(0, ge=0)
+    timeout_s: float = Field(120, gt=0)
+    max_retries: int = Field(5, ge=0)
+    prompts_dir: str | None = Field(None, description="Folder with prompt templates overriding the built-in ones.")
+
+    @model_validator(mode="after")
+    def _backend_needs(self) -> "TeacherConfig":
+        if self.backend in ("hf", "vllm") and self.model is None:
+            raise ValueError(f"backend {self.backend!r} needs teacher.model.path")
+        if self.backend == "openai" and not self.endpoint:
+            raise ValueError("backend 'openai' needs teacher.endpoint (base URL of a chat-completions server)")
+        return self
+
+
+# --------------------------------------------------------------------------- training
+
+
+class TrainConfig(Section):
+    family: str = Field("mulcot", description="Model family plugged into the shared loop (mulcot, lrsa, mse_adapter).")
+    role: Literal["assistant", "student"] = "assistant"
+    output: str = Field("checkpoints/assistant", description="URI for checkpoints and the final model.")
+    epochs: int = Field(3, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(4, gt=0, description="Micro-batch per worker.")
+    grad_accum: int = Field(1, gt=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    scheduler: Literal["constant", "linear", "cosine", "plateau"] = "plateau"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload: bool = False
+    num_workers: int = Field(1, gt=0)
+    cpus_per_worker: float = Field(1, gt=0)
+    use_gpu: bool = False
+    placement: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    keep_checkpoints: int = Field(2, gt=0)
+    max_failures: int = Field(2, ge=-1)
+    seed: int = 0
+    w_chain: float = Field(1.0, ge=0, description="w_c: weight of the chain stream loss.")
+    w_label: float = Field(1.0, ge=0, description="w_l: weight of the label stream loss.")
+    max_length: int = Field(512, gt=0)
+    chain_column: str = Field("rationale", description="Column holding the reasoning chain to learn (teacher output).")
+    checkpoint_every: int | None = Field(None, gt=0, description="Also checkpoint every N optimizer steps (epoch ends always).")
+    log_every: int = Field(5, gt=0, description="Report the training loss every N optimizer steps.")
+    deepspeed: dict[str, Any] = Field(default_factory=dict, description="Extra DeepSpeed keys; 'auto' values filled from train.")
+    inject_fault_at_step: int | None = Field(
+        None, gt=0, description="Testing: raise once in worker 1 (or 0) at this step, to exercise resume."
+    )
+
+
+class DistillConfig(Section):
+    teacher_path: str = Field(..., description="The frozen assistant (HF folder or s3:// prefix).")
+    lambda_kd: float = Field(0.3, ge=0, le=1)
+    tau: float = Field(2.0, gt=0)
+    scale_tau2: bool = True
+    hidden_mse: bool = False
+    hidden_weight: float = Field(1.0, ge=0)
+
+
+# --------------------------------------------------------------------------- tune / serve
+
+
+class TuneConfig(Section):
+    metric: str = "dev_accuracy"
+    mode: Literal["max", "min"] = "max"
+    num_samples: int = Field(4, gt=0)
+    search_space: dict[str, Any] = Field(default_factory=dict)
+    searcher: Literal["random", "grid", "optuna"] = "random"
+    scheduler: Literal["fifo", "asha"] = "asha"
+    grace_period: int = Field(1, gt=0)
+    reduction_factor: float = Field(2, gt=1)
+    max_t: int | None = Field(None, gt=0)
+    max_concurrent_trials: int | None = Field(None, gt=0)
+    output: str = "tune"
+
+
+class ServeConfig(Section):
+    model: str = Field(..., description="models:/name/version, a local folder or an s3:// prefix.")
+    route_prefix: str = "/"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, gt=0, lt=65536)
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, gt=0)
+    target_ongoing_requests: float = Field(2, gt=0)
+    max_ongoing_requests: int = Field(8, gt=0)
+    max_queued_requests: int = Field(64, ge=-1)
+    max_batch_size: int = Field(8, gt=0)
+    batch_wait_timeout_s: float = Field(0.02, ge=0)
+    num_cpus: float = Field(1, ge=0)
+    num_gpus: float = Field(0, ge=0)
+    api_key_env: str | None = None
+
+    @model_validator(mode="after")
+    def _replicas(self) -> "ServeConfig":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) > max_replicas ({self.max_replicas})")
+        return self
+
+
+# --------------------------------------------------------------------------- the job
+
+
+# Which sections each stage needs. A stage's module reads only these.
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "data": ("data",),
+    "rationales": ("data", "teacher"),
+    "train": ("data", "model", "train"),
+    "augment": ("data", "model"),
+    "evaluate": ("data", "model"),
+    "tune": ("data", "model", "train", "tune"),
+    "serve": ("serve",),
+}
+
+
+class JobConfig(Section):
+    stage: Stage
+    name: str | None = Field(None, description="Human name of this job (MLflow run name, submission id).")
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    data: DataConfig | None = None
+    model: ModelConfig | None = None
+    teacher: TeacherConfig | None = None
+    train: TrainConfig | None = None
+    distill: DistillConfig | None = None
+    tune: TuneConfig | None = None
+    serve: ServeConfig | None = None
+
+    @model_validator(mode="after")
+    def _sections_for_stage(self) -> "JobConfig":
+        missing = [s for s in STAGE_SECTIONS[self.stage] if getattr(self, s) is None]
+        if missing:
+            raise ValueError(f"stage {self.stage!r} needs the section(s) {missing}")
+        return self
+
+    def resolve(self, uri: str) -> str:
+        """A URI from the config: absolute paths and s3:// stay, relative names go under storage.root."""
+        from sentiray.data import storage
+
+        if storage.is_remote(uri) or uri.startswith("file://") or os.path.isabs(uri):
+            return uri
+        return storage.join(self.storage.root, uri)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
+    """``["a.b=1", "c=x"]`` -> ``[(["a", "b"], 1), (["c"], "x")]``; values parsed as YAML."""
+    parsed = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+        key, raw = item.split("=", 1)
+        path = [p for p in key.strip().split(".")]
+        if not all(path):
+            raise ConfigError(f"override {item!r} has an empty key part")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from exc
+        parsed.append((path, value))
+    return parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    out = copy.deepcopy(raw)
+    for path, value in parse_overrides(overrides):
+        node = out
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {'.'.join(path)}: {'.'.join(path[: i + 1])} is not a section")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (not a field of this section)"
+        got = err.get("input")
+        shown = "" if err["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {loc}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def validate(raw: dict[str, Any], source: str = "<dict>") -> JobConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"invalid config {source}: the top level must be a mapping, got {type(raw).__name__}")
+    try:
+        return JobConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def load_raw(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path}: the top level must be a mapping")
+    return raw
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
+    """Read a job YAML, apply ``a.b=c`` overrides and validate."""
+    raw = apply_overrides(load_raw(path), overrides or [])
+    return validate(raw, source=str(path))
+
+
+def to_yaml(cfg: JobConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True), sort_keys=False)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}`` (for MLflow params)."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out

@@ -1,0 +1,1 @@
+"""Data: the canonical schema, readers of public formats, the synthetic generator, storage."""

@@ -1,0 +1,29 @@
+"""The registry of pipeline stages: a stage name -> the function that runs it.
+
+A stage function takes the validated :class:`~sentiray.config.JobConfig` and returns a
+small summary dict. Modules are imported lazily so that ``sentiray --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+from sentiray.config import ConfigError, JobConfig
+
+STAGES: dict[str, str] = {
+    "data": "sentiray.data.prepare:run",
+}
+
+
+def stage_function(stage: str) -> Callable[[JobConfig], dict[str, Any]]:
+    if stage not in STAGES:
+        raise ConfigError(
+            f"stage {stage!r} is not available in this version of sentiray; available: {sorted(STAGES)}"
+        )
+    module, func = STAGES[stage].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def run_stage(cfg: JobConfig) -> dict[str, Any]:
+    return stage_function(cfg.stage)(cfg)

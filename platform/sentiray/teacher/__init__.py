@@ -1,0 +1,1 @@
+"""The teacher: prompts, response parsing, backends and the Ray Data rationale pipeline."""
