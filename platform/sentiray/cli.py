@@ -10,12 +10,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
 from typing import Any
 
 from sentiray.config import ConfigError
+from sentiray.stages import STAGES
 
 
 def _print_yaml(obj: Any) -> None:
@@ -119,6 +121,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+# Stage commands, shown only for stages this version implements.
+_STAGE_HELP = {
+    "rationales": "have the teacher write reasoning chains for a data set (Ray Data)",
+    "train": "train an assistant or a student (Ray Train + DeepSpeed)",
+    "augment": "have the trained assistant write chains; merge the correct ones",
+    "evaluate": "classification and reasoning metrics, report and plots",
+    "tune": "sweep hyperparameters (Ray Tune)",
+    "serve": "put a model behind an autoscaled HTTP endpoint (Ray Serve)",
+}
+STAGE_COMMANDS = {k: v for k, v in _STAGE_HELP.items() if k in STAGES}
+COMMAND_MODULES: list[str] = []
+
+
 def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override config fields (values parsed as YAML)")
 
@@ -138,6 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(p)
     p.add_argument("--json", action="store_true", help="print the stage summary as JSON")
     p.set_defaults(func=cmd_run, expect_stage=None)
+
+    # `sentiray <stage> FILE` = `sentiray run FILE`, checking that FILE is that stage's job.
+    for stage, text in STAGE_COMMANDS.items():
+        p = sub.add_parser(stage, help=text)
+        p.add_argument("config", help=f"a {stage} job YAML")
+        _add_overrides(p)
+        p.add_argument("--json", action="store_true", help="print the stage summary as JSON")
+        p.set_defaults(func=cmd_run, expect_stage=stage)
 
     p = sub.add_parser("config", help="inspect configs")
     csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -172,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("out")
     m.add_argument("--seed", type=int, default=0)
     m.set_defaults(func=cmd_models_tiny)
+
+    # Commands that live beside their feature: each module has add_commands(subparsers)
+    # and imports its heavy dependencies inside the handlers, so --help stays fast.
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_commands(sub)
 
     return parser
 

@@ -141,6 +141,24 @@ def builtin_corpus() -> list[str]:
     lines.append(" ".join(words + list(EMOTIONS) + list(CHAIN_FIELDS)))
     lines.append(" ".join(f"{s:.1f}" for s in scores) + " 0 1 2 3 4 5 6 7 8 9 10 100")
     lines.append('{"Prediction": "neutral"} [1, 2, 3] {"score": -1.5} : , " ( ) ? ! .')
+    lines.extend(_prompt_and_synthetic_corpus())
+    return lines
+
+
+def _prompt_and_synthetic_corpus() -> list[str]:
+    """The prompt templates and a sample of the synthetic world (texts and gold chains), so
+    that tiny models see their prompts and targets as a few hundred tokens, not a thousand
+    bytes: training and generation in tests and the demo stay fast."""
+    from sentiray.data import synthetic
+    from sentiray.teacher import prompts
+
+    lines = [p.read_text() for p in sorted(prompts.TEMPLATE_DIR.glob("*.txt"))]
+    for task in ("msc", "masc", "mabsa", "msa", "erc"):
+        for rows in synthetic.generate(task, 150, seed=12345).splits.values():
+            for row in rows:
+                lines.append(row["text"])
+                if row.get("gold_chain"):
+                    lines.append(row["gold_chain"])
     return lines
 
 

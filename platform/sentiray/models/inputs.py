@@ -1,0 +1,82 @@
+"""Model inputs from prompts: chat formatting, image tokens, padding.
+
+One place that turns ``(prompt text, optional image[, target text])`` into tensors for any
+of our model kinds, used by training (prompt + target, loss on the target only),
+generation (left-padded prompts) and label scoring.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+
+from sentiray.models.loading import tokenizer_of
+from sentiray.teacher.prompts import messages
+from sentiray.train.losses import IGNORE
+
+
+@dataclass
+class Encoded:
+    """One sequence: token ids, the number of leading prompt tokens, optional pixels."""
+
+    input_ids: list[int]
+    prompt_len: int
+    pixel_values: torch.Tensor | None = None  # (1, C, H, W)
+
+
+class PromptEncoder:
+    def __init__(self, processor: Any):
+        self.processor = processor
+        self.tokenizer = tokenizer_of(processor)
+        # A processor with an image processor takes images; a bare tokenizer does not.
+        self.takes_images = hasattr(processor, "image_processor")
+        self.eos_id = self.tokenizer.eos_token_id
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
+
+    def chat_text(self, prompt: str, with_image: bool) -> str:
+        """The prompt in the model's chat format, ending where the answer starts."""
+        return self.tokenizer.apply_chat_template(
+            messages(prompt, with_image and self.takes_images), tokenize=False, add_generation_prompt=True
+        )
+
+    def encode_prompt(self, prompt: str, image: Image.Image | None) -> Encoded:
+        use_image = image is not None and self.takes_images
+        text = self.chat_text(prompt, use_image)
+        if use_image:
+            out = self.processor(text=[text], images=[image], return_tensors="pt")
+            return Encoded(out["input_ids"][0].tolist(), int(out["input_ids"].shape[1]), out["pixel_values"])
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return Encoded(list(ids), len(ids))
+
+    def target_ids(self, target: str, add_eos: bool = True) -> list[int]:
+        ids = list(self.tokenizer(target, add_special_tokens=False)["input_ids"])
+        return ids + [self.eos_id] if add_eos and self.eos_id is not None else ids
+
+    def encode(self, prompt: str, image: Image.Image | None, target: str, max_length: int, add_eos: bool = True) -> Encoded:
+        """Prompt + target; the target is cut (never the prompt's image tokens) to fit max_length."""
+        enc = self.encode_prompt(prompt, image)
+        target_ids = self.target_ids(target, add_eos)
+        room = max(1, max_length - enc.prompt_len)
+        enc.input_ids = enc.input_ids + target_ids[:room]
+        return enc
+
+    def collate(self, items: Sequence[Encoded], left_pad: bool = False) -> dict[str, torch.Tensor]:
+        """Pad a batch; ``labels`` are the target tokens (-100 on prompt and padding)."""
+        width = max(len(e.input_ids) for e in items)
+        ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
+        for i, e in enumerate(items):
+            n = len(e.input_ids)
+            start = width - n if left_pad else 0
+            ids[i, start : start + n] = torch.tensor(e.input_ids)
+            mask[i, start : start + n] = 1
+            labels[i, start + e.prompt_len : start + n] = torch.tensor(e.input_ids[e.prompt_len :], dtype=torch.long)
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        pixels = [e.pixel_values for e in items if e.pixel_values is not None]
+        if pixels:
+            batch["pixel_values"] = torch.cat(pixels, dim=0)
+        return batch
