@@ -13,6 +13,9 @@ from sentiray.config import ConfigError, JobConfig
 
 STAGES: dict[str, str] = {
     "data": "sentiray.data.prepare:run",
+    "serve": "sentiray.serving.app:run",
+    "train": "sentiray.train.launcher:run",
+    "evaluate": "sentiray.evaluate.stage:run",
 }
 
 

@@ -1,0 +1,184 @@
+"""Stage ``train``: the Ray Train driver.
+
+Builds a TorchTrainer around :func:`sentiray.train.loop.train_func`, runs it, exports the
+best checkpoint's model to ``train.output/model`` in HF format and registers it in MLflow.
+
+Idempotent: a finished output (``_SUCCESS.json``) is not retrained; an interrupted run
+resumes from its latest checkpoint when the same command is rerun (Ray Train restores
+the run named ``ray`` under ``train.output``), and from worker failures within a run
+(``train.max_failures``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from sentiray import config as config_mod
+from sentiray import runtime, tracking
+from sentiray.config import JobConfig
+from sentiray.data import storage
+from sentiray.train import families
+
+SUCCESS = "_SUCCESS.json"
+RUN_NAME = "ray"
+
+
+def absolute(cfg: JobConfig) -> JobConfig:
+    """The config with every path resolved, so workers (other processes, other machines)
+    read the same places as the driver."""
+    raw = cfg.model_dump(mode="json")
+
+    def fix(uri: str | None) -> str | None:
+        if uri is None:
+            return None
+        uri = cfg.resolve(uri)
+        return uri if storage.is_remote(uri) or uri.startswith("models:/") else os.path.abspath(uri)
+
+    raw["train"]["output"] = fix(raw["train"]["output"])
+    raw["model"]["path"] = fix(raw["model"]["path"])
+    if raw.get("data"):
+        raw["data"]["input"] = fix(raw["data"].get("input") or raw["data"]["output"])
+    if raw.get("distill"):
+        raw["distill"]["teacher_path"] = fix(raw["distill"]["teacher_path"])
+    raw["storage"]["root"] = fix(".") if not storage.is_remote(cfg.storage.root) else cfg.storage.root
+    return config_mod.validate(raw, source="train (resolved)")
+
+
+def _resolve_model_uris(cfg: JobConfig) -> JobConfig:
+    """``models:/`` sources become local folders on the driver (workers share the disk
+    locally; on a cluster use s3:// or a shared path)."""
+    from sentiray.models.registry import resolve_model_uri
+
+    raw = cfg.model_dump(mode="json")
+    changed = False
+    for section, key in (("model", "path"), ("distill", "teacher_path")):
+        if raw.get(section) and str(raw[section][key]).startswith(("models:/", "runs:/")):
+            raw[section][key] = resolve_model_uri(raw[section][key])
+            changed = True
+    return config_mod.validate(raw, source="train (models resolved)") if changed else cfg
+
+
+def run(cfg: JobConfig) -> dict[str, Any]:
+    cfg = _resolve_model_uris(absolute(cfg))
+    train = cfg.train
+    out = train.output
+    done_uri = storage.join(out, SUCCESS)
+    if storage.exists(done_uri):
+        summary = storage.read_json(done_uri)
+        print(f"train: {out} is complete (best {summary.get('metric')}={summary.get('best')}); skipped")
+        return {**summary, "skipped": True}
+    family = families.create(cfg)
+    family.check()  # bad data or settings fail here, before Ray starts
+
+    runtime.ensure_ray(cfg.ray)
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from sentiray.train.loop import train_func
+
+    stage_name = f"train-{train.role}"
+    with tracking.stage_run(cfg, stage_name) as run:
+        mlflow_info = None
+        if run is not None:
+            mlflow_info = {"tracking_uri": tracking.tracking_uri(cfg.tracking), "run_id": run.info.run_id}
+        if storage.is_remote(out):
+            fs, path = storage.pyarrow_filesystem(out)
+            storage_kwargs = {"storage_path": path, "storage_filesystem": fs}
+        else:
+            storage_kwargs = {"storage_path": out}
+        trainer = TorchTrainer(
+            train_func,
+            train_loop_config={"job": cfg.model_dump(mode="json"), "mlflow": mlflow_info},
+            scaling_config=ScalingConfig(
+                num_workers=train.num_workers,
+                use_gpu=train.use_gpu,
+                resources_per_worker={"CPU": train.cpus_per_worker, **({"GPU": 1} if train.use_gpu else {})},
+                placement_strategy=train.placement,
+            ),
+            run_config=RunConfig(
+                name=RUN_NAME,
+                failure_config=FailureConfig(max_failures=train.max_failures),
+                checkpoint_config=CheckpointConfig(
+                    num_to_keep=train.keep_checkpoints,
+                    checkpoint_score_attribute=family.metric,
+                    checkpoint_score_order=family.mode,
+                ),
+                worker_runtime_env={"env_vars": runtime.passthrough_env()},
+                **storage_kwargs,
+            ),
+        )
+        result = trainer.fit()
+        if result.error:
+            raise result.error
+        summary = _finish(cfg, family, result, out)
+        if run is not None:
+            _log_results(cfg, summary, run.info.run_id)
+        storage.write_json(done_uri, summary)  # written last: the output is complete
+    print(f"train: best {summary['metric']}={summary['best']:.4f}; model at {summary['model']}")
+    return summary
+
+
+def _best_export(result, metric: str, mode: str):
+    """The best checkpoint that carries an HF export (epoch ends do)."""
+    candidates = []
+    for checkpoint, metrics in result.best_checkpoints or []:
+        if metric in metrics and metrics.get(metric) is not None:
+            candidates.append((metrics[metric], metrics.get("step", 0), checkpoint, metrics))
+    if not candidates:
+        raise RuntimeError("training produced no evaluated checkpoint")
+    sign = 1 if mode == "max" else -1
+    # best metric first; among equals the later step
+    candidates.sort(key=lambda c: (sign * c[0], c[1]), reverse=True)
+    for value, _, checkpoint, metrics in candidates:
+        with checkpoint.as_directory() as d:
+            if os.path.isdir(os.path.join(d, "hf")):
+                return value, checkpoint, metrics
+    raise RuntimeError("no kept checkpoint carries a model export; raise train.keep_checkpoints")
+
+
+def _finish(cfg: JobConfig, family: families.Family, result, out: str) -> dict[str, Any]:
+    value, checkpoint, metrics = _best_export(result, family.metric, family.mode)
+    model_uri = storage.join(out, "model")
+    with checkpoint.as_directory() as d:
+        storage.remove(model_uri, recursive=True)
+        storage.upload_dir(os.path.join(d, "hf"), model_uri)
+    summary = {
+        "metric": family.metric,
+        "best": float(value),
+        "best_step": int(metrics.get("step", 0)),
+        "best_epoch": int(metrics.get("epoch", 0)),
+        "final": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
+        "model": model_uri,
+        "checkpoint": checkpoint.path,
+        "registered_model": None,
+    }
+    return summary
+
+
+def _log_results(cfg: JobConfig, summary: dict[str, Any], run_id: str) -> None:
+    import mlflow
+
+    from sentiray.evaluate import plots
+    from sentiray.models import registry
+
+    tracking.log_metrics({f"best_{summary['metric']}": summary["best"], "best_step": summary["best_step"]})
+    client = mlflow.MlflowClient()
+    series: dict[str, list[tuple[int, float]]] = {}
+    for key in ("loss", "ce_c", "ce_l", "kl_c", "kl_l"):
+        history = client.get_metric_history(run_id, key)
+        if history:
+            series[key] = [(m.step, m.value) for m in history]
+    if series:
+        fig = plots.curves(series, f"{cfg.train.role} training loss", "loss")
+        tracking.log_figure(fig, "plots/loss.png")
+        plots.close(fig)
+    dev = {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)] for k in ("dev_accuracy", "dev_macro_f1")}
+    if any(dev.values()):
+        fig = plots.curves(dev, f"{cfg.train.role} dev metrics", "score")
+        tracking.log_figure(fig, "plots/dev.png")
+        plots.close(fig)
+    name = cfg.train.register_as or f"sentiray-{cfg.train.role}"
+    info = registry.log_model(summary["model"], name="model", kind=cfg.model.kind, registered_name=name)
+    summary["registered_model"] = f"models:/{name}/{info.registered_model_version}"
+    tracking.log_json(summary, "train/summary.json")
