@@ -5,6 +5,9 @@
     sentiray data prepare ... / stats URI  canonical data sets
     sentiray models tiny OUT               tiny HF models for tests and the demo
     sentiray config show FILE [a.b=c ...]  print the resolved, validated config
+    sentiray submit jobs/X.yaml [a.b=c ...] --address URL [--wait|--follow]   a stage as a Ray job
+    sentiray jobs list | logs ID [--follow] | stop ID                         the cluster's jobs
+    sentiray k8s render serve/X.yaml | jobs/X.yaml [a.b=c ...] [-o FILE]      KubeRay manifests
 """
 
 from __future__ import annotations
@@ -30,15 +33,10 @@ def _warn_if_lost_in_ray_job(cfg) -> None:
     """Inside a Ray job the working directory is a temporary copy: relative outputs vanish."""
     if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
         return
-    from sentiray.data import storage
+    from sentiray.cluster.submit import lost_output_warnings
 
-    root = cfg.storage.root
-    if not storage.is_remote(root) and not os.path.isabs(root):
-        print(
-            f"warning: running inside a Ray job with storage.root={root!r} (relative): outputs land in the "
-            "job's temporary working directory. Use an s3:// or shared absolute storage.root.",
-            file=sys.stderr,
-        )
+    for warning in lost_output_warnings(cfg, os.environ):
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- commands
@@ -68,7 +66,15 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     from sentiray import config, stages
 
-    data: dict[str, Any] = {"format": args.format, "output": args.output}
+    from sentiray.data import storage
+
+    def path_arg(uri: str | None) -> str | None:
+        # Paths typed on the command line are relative to the current directory (in a YAML
+        # they are relative to storage.root).
+        return uri if uri is None or storage.is_remote(uri) else os.path.abspath(uri)
+
+    data: dict[str, Any] = {"format": args.format, "output": path_arg(args.output)}
+    args.input, args.features = path_arg(args.input), path_arg(args.features)
     for key in ("input", "task", "size", "seed", "image_mode", "features"):
         value = getattr(args, key)
         if value is not None:
@@ -131,7 +137,7 @@ _STAGE_HELP = {
     "serve": "put a model behind an autoscaled HTTP endpoint (Ray Serve)",
 }
 STAGE_COMMANDS = {k: v for k, v in _STAGE_HELP.items() if k in STAGES}
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["sentiray.cluster.commands"]
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:

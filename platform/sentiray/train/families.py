@@ -8,6 +8,7 @@ and one decorator, not a branch in the loop.
 
 from __future__ import annotations
 
+import abc
 import importlib
 from typing import Any, Callable
 
@@ -36,8 +37,8 @@ def family_class(name: str) -> type["Family"]:
     return getattr(importlib.import_module(module), cls)
 
 
-class Family:
-    """What the loop needs from a model family. Subclasses implement every method."""
+class Family(abc.ABC):
+    """What the loop needs from a model family."""
 
     #: the dev metric to select checkpoints by, and whether larger is better
     metric: str = "dev_accuracy"
@@ -49,34 +50,37 @@ class Family:
     def check(self) -> None:
         """Fail early (on the driver, before Ray starts) when the config cannot work."""
 
+    @abc.abstractmethod
     def build_model(self) -> torch.nn.Module:
         """The trainable model (LoRA applied if configured); frozen helpers live on self."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def load_rows(self, split: str) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        """The rows of one split of the training data."""
 
+    @abc.abstractmethod
     def collate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        raise NotImplementedError
+        """One micro-batch of model inputs."""
 
+    @abc.abstractmethod
     def loss(self, model: Callable[..., Any], batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         """(loss to backpropagate, named parts for logging)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def evaluate(self, model: torch.nn.Module, rows: list[dict[str, Any]]) -> dict[str, Any]:
         """Sums over ``rows`` (this worker's share): the loop adds them up over workers.
 
         Return plain numbers (counts, sums) keyed by name plus ``predictions``/``golds``
         lists; :meth:`summarize` turns the combined sums into metrics.
         """
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def summarize(self, combined: dict[str, Any]) -> dict[str, float]:
-        raise NotImplementedError
+        """Dev metrics (including :attr:`metric`) from every worker's combined sums."""
 
+    @abc.abstractmethod
     def export(self, model: torch.nn.Module, out_dir: str) -> str:
         """Write the trained model in Hugging Face format; returns the folder."""
-        raise NotImplementedError
 
 
 def create(job: JobConfig) -> Family:
