@@ -8,6 +8,8 @@
     sentiray submit jobs/X.yaml [a.b=c ...] --address URL [--wait|--follow]   a stage as a Ray job
     sentiray jobs list | logs ID [--follow] | stop ID                         the cluster's jobs
     sentiray k8s render serve/X.yaml | jobs/X.yaml [a.b=c ...] [-o FILE]      KubeRay manifests
+    sentiray serve serve/student.yaml [a.b=c ...]    the student behind an autoscaled endpoint
+    sentiray loadtest URL --concurrency N --duration S   requests/s and latency percentiles
 """
 
 from __future__ import annotations
@@ -134,10 +136,9 @@ _STAGE_HELP = {
     "augment": "have the trained assistant write chains; merge the correct ones",
     "evaluate": "classification and reasoning metrics, report and plots",
     "tune": "sweep hyperparameters (Ray Tune)",
-    "serve": "put a model behind an autoscaled HTTP endpoint (Ray Serve)",
 }
 STAGE_COMMANDS = {k: v for k, v in _STAGE_HELP.items() if k in STAGES}
-COMMAND_MODULES: list[str] = ["sentiray.cluster.commands"]
+COMMAND_MODULES: list[str] = ["sentiray.cluster.commands", "sentiray.serving.app", "sentiray.serving.loadtest"]
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:

@@ -137,9 +137,28 @@ class TeacherConfig(Section):
     concurrency: int = Field(1, gt=0, description="hf: actors; openai: requests in flight.")
     num_cpus: float = Field(1, ge=0)
     num_gpus: float = Field(0, ge=0)
-    timeout_s: float = Field(120, gt=0)
-    max_retries: int = Field(5, ge=0)
+    timeout_s: float = Field(120, gt=0, description="openai: seconds to wait for an answer (per read).")
+    max_retries: int = Field(5, ge=0, description="openai: retries on 429, 5xx, timeouts and refused connections.")
+    backoff_s: float = Field(0.5, gt=0, description="openai: first backoff; doubles per retry, full jitter.")
+    backoff_max_s: float = Field(20, gt=0, description="openai: longest wait between retries (also caps Retry-After).")
+    seed: int = Field(0, description="Sampling seed (temperature > 0).")
     prompts_dir: str | None = Field(None, description="Folder with prompt templates overriding the built-in ones.")
+    splits: list[Literal["train", "dev", "test"]] = Field(
+        default_factory=lambda: ["train", "dev", "test"], description="Splits of data.input to write rationales for."
+    )
+    rationalize_splits: list[Literal["train", "dev", "test"]] = Field(
+        default_factory=lambda: ["train"],
+        description="Splits whose wrong pass-1 chains get the label-conditioned pass 2 (gold labels go into the "
+        "prompt: keep dev/test out unless their chains are only references).",
+    )
+    lrsa_rationales: bool = Field(False, description="Also write LRSA's text_explanation and image_description (2 more generations per row).")
+    lrsa_max_new_tokens: int = Field(128, gt=0)
+    shard_rows: int = Field(256, gt=0, description="Rows per committed output shard (the unit of resume).")
+    max_error_fraction: float = Field(
+        0.5, gt=0, le=1, description="Stop the run (nothing committed) when more than this share of a shard's rows "
+        "fail with teacher errors: the teacher is down, not the rows bad."
+    )
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="vllm: extra vllm.LLM arguments (tensor_parallel_size, ...).")
 
     @model_validator(mode="after")
     def _backend_needs(self) -> "TeacherConfig":
@@ -147,6 +166,8 @@ class TeacherConfig(Section):
             raise ValueError(f"backend {self.backend!r} needs teacher.model.path")
         if self.backend == "openai" and not self.endpoint:
             raise ValueError("backend 'openai' needs teacher.endpoint (base URL of a chat-completions server)")
+        if not self.splits:
+            raise ValueError("teacher.splits is empty: name at least one of train, dev, test")
         return self
 
 
@@ -215,17 +236,56 @@ class EvaluateConfig(Section):
 
 
 class TuneConfig(Section):
-    metric: str = "dev_accuracy"
+    """``tune:`` of a sweep job: which training fields to vary, how to search, when to stop.
+
+    The rest of the job (``data``, ``model``, ``train``, ``distill``) is the base training
+    job; each trial is that job with the sampled values applied as ``a.b=value`` overrides,
+    trained by Ray Train. One Tune iteration is one training epoch.
+    """
+
+    metric: str = Field("dev_accuracy", description="Dev metric reported at every epoch end to compare trials by.")
     mode: Literal["max", "min"] = "max"
-    num_samples: int = Field(4, gt=0)
-    search_space: dict[str, Any] = Field(default_factory=dict)
-    searcher: Literal["random", "grid", "optuna"] = "random"
-    scheduler: Literal["fifo", "asha"] = "asha"
-    grace_period: int = Field(1, gt=0)
-    reduction_factor: float = Field(2, gt=1)
-    max_t: int | None = Field(None, gt=0)
-    max_concurrent_trials: int | None = Field(None, gt=0)
-    output: str = "tune"
+    num_samples: int = Field(4, gt=0, description="Trials to sample (grid: repeats of the whole grid).")
+    search_space: dict[str, Any] = Field(
+        ..., min_length=1,
+        description="Config field -> distribution: {choice|grid: [values]}, {uniform|loguniform: [low, high]}, "
+                    "{randint|lograndint: [low, high]} (ints, high included).",
+    )
+    searcher: Literal["random", "grid", "optuna"] = Field("random", description="optuna: TPE (random until it has 10 results).")
+    scheduler: Literal["fifo", "asha"] = Field("asha", description="asha stops poor trials at rungs; fifo runs each to the end.")
+    grace_period: int = Field(1, gt=0, description="ASHA: epochs every trial trains before it may be stopped.")
+    reduction_factor: float = Field(2, gt=1, description="ASHA: keep the best 1/reduction_factor at each rung.")
+    max_t: int | None = Field(None, gt=0, description="Epochs of each trial (ASHA's max_t); default train.epochs.")
+    max_concurrent_trials: int | None = Field(
+        None, gt=0, description="Default: as many as the cluster's CPUs (and GPUs) hold, given each trial's needs."
+    )
+    trial_cpus: float = Field(
+        1, ge=0, description="CPUs held by each trial's driver (the Tune trial that runs TorchTrainer.fit); its "
+                             "Train workers hold train.num_workers x train.cpus_per_worker more.",
+    )
+    seed: int | None = Field(0, description="Seed of the searcher's sampling (None: not reproducible).")
+    output: str = Field("tune", description="URI of the sweep: Tune state, one folder per trial, best.yaml.")
+    resume: bool | Literal["auto"] = Field(
+        "auto", description="auto: continue the sweep found at tune.output, else start one; true: it must exist; "
+                            "false: start a new one (fails if tune.output holds a sweep).",
+    )
+
+    @field_validator("search_space")
+    @classmethod
+    def _space_shape(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from sentiray.sweep.space import check_shape
+
+        check_shape(v)  # raises ValueError naming the entry
+        return v
+
+    @model_validator(mode="after")
+    def _searcher_fits_space(self) -> "TuneConfig":
+        from sentiray.sweep.space import check_searcher
+
+        check_searcher(self.search_space, self.searcher)
+        if self.max_t is not None and self.grace_period > self.max_t:
+            raise ValueError(f"grace_period ({self.grace_period}) > max_t ({self.max_t})")
+        return self
 
 
 class ServeLimits(Section):
@@ -296,6 +356,9 @@ class ServeAppConfig(Section):
                 f"max_ongoing_requests ({self.max_ongoing_requests}) < max_batch_size ({self.max_batch_size}): "
                 "a replica would never hold enough requests to fill a batch"
             )
+        for name in ("chain_max_new_tokens", "chat_max_new_tokens"):
+            if getattr(self, name) > self.limits.max_new_tokens:
+                raise ValueError(f"{name} ({getattr(self, name)}) > limits.max_new_tokens ({self.limits.max_new_tokens})")
         return self
 
 

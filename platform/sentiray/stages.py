@@ -13,9 +13,11 @@ from sentiray.config import ConfigError, JobConfig
 
 STAGES: dict[str, str] = {
     "data": "sentiray.data.prepare:run",
+    "rationales": "sentiray.teacher.pipeline:run",
     "serve": "sentiray.serving.app:run",
     "train": "sentiray.train.launcher:run",
     "evaluate": "sentiray.evaluate.stage:run",
+    "tune": "sentiray.sweep.driver:run",
 }
 
 

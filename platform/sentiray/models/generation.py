@@ -21,6 +21,7 @@ from sentiray.train.losses import IGNORE
 class Generated:
     text: str
     new_tokens: int
+    prompt_tokens: int = 0
 
 
 class Generator:
@@ -52,8 +53,12 @@ class Generator:
         max_new_tokens: int | None = None,
         temperature: float | None = None,
         seed: int | None = None,
+        **generate_kwargs: Any,
     ) -> list[Generated]:
-        """Greedy (temperature 0) or sampled answers, one per prompt, in order."""
+        """Greedy (temperature 0) or sampled answers, one per prompt, in order.
+
+        ``generate_kwargs`` go to Hugging Face's ``generate`` (e.g. ``streamer``,
+        ``stopping_criteria``)."""
         items = [self.encoder.encode_prompt(p, img) for p, img in zip(prompts, images)]
         batch = self.encoder.collate(items, left_pad=True)
         batch.pop("labels")
@@ -69,16 +74,16 @@ class Generator:
                 torch.manual_seed(seed)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        out = self.model.generate(**self._to_device(batch), **kwargs)
+        out = self.model.generate(**self._to_device(batch), **kwargs, **generate_kwargs)
         new = out[:, batch["input_ids"].shape[1] :].cpu()
         results = []
-        for row in new:
+        for item, row in zip(items, new):
             ids = row.tolist()
             if self.encoder.eos_id in ids:
                 ids = ids[: ids.index(self.encoder.eos_id)]
             ids = [t for t in ids if t != self.encoder.pad_id]
             text = self.encoder.tokenizer.decode(ids, skip_special_tokens=True).strip()
-            results.append(Generated(text=text, new_tokens=len(ids)))
+            results.append(Generated(text=text, new_tokens=len(ids), prompt_tokens=len(item.input_ids)))
         return results
 
     @torch.inference_mode()

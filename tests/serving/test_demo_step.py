@@ -1,0 +1,28 @@
+"""The demo's serving step: the stage path (`stage: serve` job) deploys, answers, cleans up."""
+
+from __future__ import annotations
+
+import pytest
+from sentiray.serving.demo_step import DEMO_APP, serve_and_query
+
+pytestmark = pytest.mark.slow
+
+
+def test_serve_and_query_answers_and_cleans_up(serve_base, tiny_models, capsys):
+    from ray import serve
+
+    answers = serve_and_query(tiny_models["vlm"], n_requests=2)
+    assert [a["status"] for a in answers] == [200, 200, 200]
+    for a in answers[:2]:
+        body = a["answer"]
+        assert body["label"] in ("positive", "neutral", "negative") and a["gold"] in ("positive", "neutral", "negative")
+        assert abs(sum(body["probabilities"].values()) - 1) < 1e-5
+        assert isinstance(body["chain"], str) and body["model"]["name"] == "vlm"
+    assert answers[1]["request"]["aspect"]  # the last post is asked about an aspect
+    chat = answers[2]["answer"]
+    assert chat["object"] == "chat.completion" and chat["usage"]["completion_tokens"] <= 32
+    printed = capsys.readouterr().out
+    assert printed.count("gold") == 2 and "chat:" in printed
+    # Serve was running before (the session's): the app is gone, Serve stays.
+    assert DEMO_APP not in serve.status().applications
+    assert serve_base  # still the session's proxy
