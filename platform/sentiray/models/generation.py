@@ -6,6 +6,7 @@ chain is produced the same way everywhere.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -100,7 +101,7 @@ class Generator:
             base = self.encoder.encode_prompt(prompt, image)
             for label in labels:
                 target = self.encoder.target_ids(label_target(label), add_eos=False)
-                items.append(type(base)(base.input_ids + target, base.prompt_len, base.pixel_values))
+                items.append(dataclasses.replace(base, input_ids=base.input_ids + target))
         batch = self._to_device(self.encoder.collate(items))
         labels_t = batch.pop("labels")
         logits = self.model(**batch).logits[:, :-1].float()

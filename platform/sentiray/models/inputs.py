@@ -7,7 +7,7 @@ generation (left-padded prompts) and label scoring.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -20,11 +20,19 @@ from sentiray.train.losses import IGNORE
 
 @dataclass
 class Encoded:
-    """One sequence: token ids, the number of leading prompt tokens, optional pixels."""
+    """One sequence: token ids, the number of leading prompt tokens, optional pixels.
+
+    ``image_extras``: the processor's other per-image outputs (Qwen2-VL's ``image_grid_thw``),
+    concatenated over a batch like the pixels. ``token_extras``: its per-token outputs over
+    the prompt (Qwen2-VL's ``mm_token_type_ids``, which its 3D rotary positions need),
+    0 on target and padding tokens.
+    """
 
     input_ids: list[int]
     prompt_len: int
-    pixel_values: torch.Tensor | None = None  # (1, C, H, W)
+    pixel_values: torch.Tensor | None = None  # LLaVA: (1, C, H, W); Qwen2-VL: (patches, dim)
+    image_extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    token_extras: dict[str, list[int]] = field(default_factory=dict)
 
 
 class PromptEncoder:
@@ -47,7 +55,17 @@ class PromptEncoder:
         text = self.chat_text(prompt, use_image)
         if use_image:
             out = self.processor(text=[text], images=[image], return_tensors="pt")
-            return Encoded(out["input_ids"][0].tolist(), int(out["input_ids"].shape[1]), out["pixel_values"])
+            ids = out["input_ids"]
+            image_extras: dict[str, torch.Tensor] = {}
+            token_extras: dict[str, list[int]] = {}
+            for key, value in out.items():
+                if key in ("input_ids", "attention_mask", "pixel_values") or not isinstance(value, torch.Tensor):
+                    continue
+                if value.shape == ids.shape:
+                    token_extras[key] = value[0].tolist()
+                else:
+                    image_extras[key] = value
+            return Encoded(ids[0].tolist(), int(ids.shape[1]), out["pixel_values"], image_extras, token_extras)
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return Encoded(list(ids), len(ids))
 
@@ -76,7 +94,17 @@ class PromptEncoder:
             mask[i, start : start + n] = 1
             labels[i, start + e.prompt_len : start + n] = torch.tensor(e.input_ids[e.prompt_len :], dtype=torch.long)
         batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        for key in sorted({k for e in items for k in e.token_extras}):
+            values = torch.zeros((len(items), width), dtype=torch.long)
+            for i, e in enumerate(items):
+                row = e.token_extras.get(key)
+                if row:
+                    start = width - len(e.input_ids) if left_pad else 0
+                    values[i, start : start + len(row)] = torch.tensor(row, dtype=torch.long)
+            batch[key] = values
         pixels = [e.pixel_values for e in items if e.pixel_values is not None]
         if pixels:
             batch["pixel_values"] = torch.cat(pixels, dim=0)
+            for key in sorted({k for e in items for k in e.image_extras}):
+                batch[key] = torch.cat([e.image_extras[key] for e in items if e.pixel_values is not None], dim=0)
         return batch

@@ -141,6 +141,10 @@ class MulCoTFamily(Family):
         total = None
         parts: dict[str, float] = {}
         device = next(model.parameters()).device
+        if self.teacher is not None and next(self.teacher.parameters()).device != device:
+            # DeepSpeed moved the student to its GPU; the frozen assistant (loaded on the
+            # CPU, outside the engine) must follow, or its forward fails on mixed devices.
+            self.teacher.to(device)
         for key in ("c", "l"):
             if key not in batch:
                 continue
