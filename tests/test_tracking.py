@@ -57,3 +57,14 @@ def test_disabled_tracking_logs_nothing(store):
         assert run is None
     client = mlflow.MlflowClient(store)
     assert client.get_experiment_by_name("t") is None
+
+
+def test_stage_inside_a_stage_nests_under_the_active_run(store, monkeypatch):
+    """augment runs the rationale stage inside its own run, within a pipeline run."""
+    cfg = config.validate(job())
+    with tracking.pipeline_run("pipe", cfg.tracking) as parent:
+        with tracking.stage_run(cfg, "outer") as outer:
+            with tracking.stage_run(cfg, "inner") as inner:
+                pass
+    assert mlflow.get_run(outer.info.run_id).data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert mlflow.get_run(inner.info.run_id).data.tags["mlflow.parentRunId"] == outer.info.run_id

@@ -122,7 +122,7 @@ def cmd_models_tiny(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from sentiray.demo import run_demo
 
-    run_demo(workdir=args.workdir, size=args.size, fresh=args.fresh)
+    run_demo(workdir=args.workdir, size=args.size, fresh=args.fresh, epochs=args.epochs)
     return 0
 
 
@@ -153,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="runs/demo", help="where the demo writes (default runs/demo)")
     p.add_argument("--size", type=int, default=600, help="synthetic samples (default 600)")
     p.add_argument("--fresh", action="store_true", help="delete the workdir first instead of reusing finished stages")
+    p.add_argument("--epochs", type=int, default=6, help="training epochs of the assistant and the student (default 6)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("run", help="run the stage that a job YAML names (locally or inside a Ray job)")

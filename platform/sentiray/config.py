@@ -219,6 +219,19 @@ class DistillConfig(Section):
     hidden_weight: float = Field(1.0, ge=0)
 
 
+class AugmentConfig(Section):
+    """The trained assistant writes its own chains for the training set (MulCoT-RD)."""
+
+    temperature: float = Field(0.7, ge=0, description="Sampling temperature of the assistant's chains (paper: 0.7).")
+    seed: int = 0
+    max_new_tokens: int = Field(512, gt=0)
+    batch_size: int = Field(8, gt=0)
+    concurrency: int = Field(1, gt=0, description="Actors, each with the assistant loaded once.")
+    num_cpus: float = Field(1, ge=0)
+    num_gpus: float = Field(0, ge=0)
+    shard_rows: int = Field(256, gt=0)
+
+
 class EvaluateConfig(Section):
     split: Literal["train", "dev", "test"] = "test"
     output: str = Field("reports/evaluate", description="URI for report.json, report.md and plots.")
@@ -398,6 +411,7 @@ class JobConfig(Section):
     teacher: TeacherConfig | None = None
     train: TrainConfig | None = None
     distill: DistillConfig | None = None
+    augment: AugmentConfig | None = None
     evaluate: EvaluateConfig | None = None
     tune: TuneConfig | None = None
     serve: ServeConfig | None = None

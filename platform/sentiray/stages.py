@@ -17,6 +17,7 @@ STAGES: dict[str, str] = {
     "serve": "sentiray.serving.app:run",
     "train": "sentiray.train.launcher:run",
     "evaluate": "sentiray.evaluate.stage:run",
+    "augment": "sentiray.teacher.augment:run",
     "tune": "sentiray.sweep.driver:run",
 }
 

@@ -154,10 +154,10 @@ def stage_run(job: JobConfig, stage: str | None = None) -> Iterator[Any]:
 
     setup(cfg)
     stage = stage or job.stage
-    parent = cfg.parent_run_id or os.environ.get(PARENT_ENV)
-    # A stage run started inside another active run (same process) nests under it.
-    if parent is None and mlflow.active_run() is not None:
-        parent = mlflow.active_run().info.run_id
+    # A stage run started inside another active run (same process: augment runs the
+    # rationale stage) nests under it; otherwise under the configured or pipeline parent.
+    active = mlflow.active_run()
+    parent = active.info.run_id if active is not None else cfg.parent_run_id or os.environ.get(PARENT_ENV)
     tags = {"sentiray.kind": "stage", "sentiray.stage": stage, **cfg.tags}
     run_name = cfg.run_name or job.name or stage
     kwargs: dict[str, Any] = {"run_name": run_name, "tags": tags}
