@@ -256,9 +256,17 @@ class TuneConfig(Section):
     trained by Ray Train. One Tune iteration is one training epoch.
     """
 
-    metric: str = Field("dev_accuracy", description="Dev metric reported at every epoch end to compare trials by.")
+    metric: str = Field(
+        "dev_accuracy",
+        description="What trials are compared by, at every epoch end: a dev metric of the family (dev_accuracy, "
+                    "dev_macro_f1, ...) or the epoch's mean training loss (train_loss, or per stream train_ce_c, "
+                    "train_ce_l, ...: unweighted, so they compare across loss-weight values; train_loss does not).",
+    )
     mode: Literal["max", "min"] = "max"
-    num_samples: int = Field(4, gt=0, description="Trials to sample (grid: repeats of the whole grid).")
+    num_samples: int | None = Field(
+        None, gt=0, description="Trials to sample; with grid entries, passes over the whole grid. Default: 1 for the "
+                                "grid searcher, else 4.",
+    )
     search_space: dict[str, Any] = Field(
         ..., min_length=1,
         description="Config field -> distribution: {choice|grid: [values]}, {uniform|loguniform: [low, high]}, "
@@ -292,10 +300,12 @@ class TuneConfig(Section):
         return v
 
     @model_validator(mode="after")
-    def _searcher_fits_space(self) -> "TuneConfig":
+    def _consistent(self) -> "TuneConfig":
         from sentiray.sweep.space import check_searcher
 
         check_searcher(self.search_space, self.searcher)
+        if self.num_samples is None:
+            self.num_samples = 1 if self.searcher == "grid" else 4
         if self.max_t is not None and self.grace_period > self.max_t:
             raise ValueError(f"grace_period ({self.grace_period}) > max_t ({self.max_t})")
         return self

@@ -12,7 +12,7 @@ the run named ``ray`` under ``train.output``), and from worker failures within a
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 from sentiray import config as config_mod
 from sentiray import runtime, tracking
@@ -59,8 +59,13 @@ def _resolve_model_uris(cfg: JobConfig) -> JobConfig:
     return config_mod.validate(raw, source="train (models resolved)") if changed else cfg
 
 
+def prepare(cfg: JobConfig) -> JobConfig:
+    """The config as workers must see it: paths absolute, ``models:/`` sources local."""
+    return _resolve_model_uris(absolute(cfg))
+
+
 def run(cfg: JobConfig) -> dict[str, Any]:
-    cfg = _resolve_model_uris(absolute(cfg))
+    cfg = prepare(cfg)
     train = cfg.train
     out = train.output
     done_uri = storage.join(out, SUCCESS)
@@ -72,51 +77,76 @@ def run(cfg: JobConfig) -> dict[str, Any]:
     family.check()  # bad data or settings fail here, before Ray starts
 
     runtime.ensure_ray(cfg.ray)
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from sentiray.train.loop import train_func
-
     stage_name = f"train-{train.role}"
     with tracking.stage_run(cfg, stage_name) as run:
         mlflow_info = None
         if run is not None:
             mlflow_info = {"tracking_uri": tracking.tracking_uri(cfg.tracking), "run_id": run.info.run_id}
-        if storage.is_remote(out):
-            fs, path = storage.pyarrow_filesystem(out)
-            storage_kwargs = {"storage_path": path, "storage_filesystem": fs}
-        else:
-            storage_kwargs = {"storage_path": out}
-        trainer = TorchTrainer(
-            train_func,
-            train_loop_config={"job": cfg.model_dump(mode="json"), "mlflow": mlflow_info},
-            scaling_config=ScalingConfig(
-                num_workers=train.num_workers,
-                use_gpu=train.use_gpu,
-                resources_per_worker={"CPU": train.cpus_per_worker, **({"GPU": 1} if train.use_gpu else {})},
-                placement_strategy=train.placement,
-            ),
-            run_config=RunConfig(
-                name=RUN_NAME,
-                failure_config=FailureConfig(max_failures=train.max_failures),
-                checkpoint_config=CheckpointConfig(
-                    num_to_keep=train.keep_checkpoints,
-                    checkpoint_score_attribute=family.metric,
-                    checkpoint_score_order=family.mode,
-                ),
-                worker_runtime_env={"env_vars": runtime.passthrough_env()},
-                **storage_kwargs,
-            ),
-        )
-        result = trainer.fit()
-        if result.error:
-            raise result.error
-        summary = _finish(cfg, family, result, out)
+        summary, _ = fit(cfg, family, mlflow_info)
         if run is not None:
             _log_results(cfg, summary, run.info.run_id)
         storage.write_json(done_uri, summary)  # written last: the output is complete
     print(f"train: best {summary['metric']}={summary['best']:.4f}; model at {summary['model']}")
     return summary
+
+
+def fit(cfg: JobConfig, family: families.Family, mlflow_info: dict[str, Any] | None = None,
+        callbacks: list[Any] | None = None, train_loop: Callable[[dict[str, Any]], None] | None = None):
+    """Train a :func:`prepare`-d config on Ray Train and export the best model to
+    ``train.output/model``; returns (summary, Ray Train result).
+
+    The body of the ``train`` stage, also run inside each Tune trial (the Train V2
+    "driver function" pattern), which adds a callback forwarding reports to Tune.
+    ``mlflow_info`` ({"tracking_uri", "run_id"}) is the run rank 0 logs metrics into;
+    ``train_loop`` replaces the worker entry point (a trial wraps the shared loop).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from sentiray.train.loop import train_func
+
+    train = cfg.train
+    out = train.output
+    if storage.is_remote(out):
+        fs, path = storage.pyarrow_filesystem(out)
+        storage_kwargs = {"storage_path": path, "storage_filesystem": fs}
+    else:
+        storage_kwargs = {"storage_path": out}
+    trainer = TorchTrainer(
+        train_loop or train_func,
+        train_loop_config={"job": cfg.model_dump(mode="json"), "mlflow": mlflow_info},
+        scaling_config=ScalingConfig(
+            num_workers=train.num_workers,
+            use_gpu=train.use_gpu,
+            resources_per_worker={"CPU": train.cpus_per_worker, **({"GPU": 1} if train.use_gpu else {})},
+            placement_strategy=train.placement,
+        ),
+        run_config=RunConfig(
+            name=RUN_NAME,
+            failure_config=FailureConfig(max_failures=train.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=train.keep_checkpoints,
+                checkpoint_score_attribute=family.metric,
+                checkpoint_score_order=family.mode,
+            ),
+            worker_runtime_env={"env_vars": _worker_env(train.use_gpu)},
+            callbacks=list(callbacks or []),
+            **storage_kwargs,
+        ),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    return _finish(cfg, family, result, out), result
+
+
+def _worker_env(use_gpu: bool) -> dict[str, str]:
+    env = runtime.passthrough_env()
+    if use_gpu:
+        # Measured on an H100 (bench/results/gpu_check_h100.md): a 3B model at ZeRO-2 ran out
+        # of memory from fragmentation alone; expandable segments fixed it.
+        env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    return env
 
 
 def _best_export(result, metric: str, mode: str):
