@@ -42,6 +42,7 @@ def build_model(root: str, hidden: int, layers: int) -> str:
     cfg.text_config.hidden_size = hidden
     cfg.text_config.intermediate_size = hidden * 4
     cfg.text_config.num_hidden_layers = layers
+    cfg.text_config.layer_types = ["full_attention"] * layers  # per-layer list in transformers 5
     cfg.text_config.num_attention_heads = max(2, hidden // 64)
     cfg.text_config.num_key_value_heads = max(1, hidden // 128)
     cfg.text_config.head_dim = hidden // cfg.text_config.num_attention_heads

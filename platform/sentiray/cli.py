@@ -122,7 +122,7 @@ def cmd_models_tiny(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from sentiray.demo import run_demo
 
-    run_demo(workdir=args.workdir, size=args.size, fresh=args.fresh, epochs=args.epochs)
+    run_demo(workdir=args.workdir, size=args.size, fresh=args.fresh, epochs=args.epochs, teacher_steps=args.teacher_steps)
     return 0
 
 
@@ -154,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=600, help="synthetic samples (default 600)")
     p.add_argument("--fresh", action="store_true", help="delete the workdir first instead of reusing finished stages")
     p.add_argument("--epochs", type=int, default=6, help="training epochs of the assistant and the student (default 6)")
+    p.add_argument("--teacher-steps", dest="teacher_steps", type=int, default=600,
+                   help="optimizer steps fitting the demo's tiny teacher on the gold chains (default 600)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("run", help="run the stage that a job YAML names (locally or inside a Ray job)")

@@ -39,7 +39,9 @@ class _Steps:
         return "\n".join(lines)
 
 
-def run_demo(workdir: str = "runs/demo", size: int = 600, fresh: bool = False, epochs: int = 6) -> dict[str, Any]:
+def run_demo(workdir: str = "runs/demo", size: int = 600, fresh: bool = False, epochs: int = 6,
+             teacher_steps: int = 600) -> dict[str, Any]:
+    """Run every stage; ``size``, ``epochs`` and ``teacher_steps`` trade quality for time."""
     workdir = os.path.abspath(workdir)
     if fresh and os.path.exists(workdir):
         shutil.rmtree(workdir)
@@ -85,7 +87,8 @@ def run_demo(workdir: str = "runs/demo", size: int = 600, fresh: bool = False, e
         def teacher() -> str:
             from sentiray.teacher.demo_teacher import describe, fit_demo_teacher
 
-            path = fit_demo_teacher(results["models"]["vlm"], results["data"]["msc"], os.path.join(workdir, "models", "teacher"))
+            path = fit_demo_teacher(results["models"]["vlm"], results["data"]["msc"], os.path.join(workdir, "models", "teacher"),
+                                    steps=teacher_steps)
             print(f"  the demo's teacher: {describe(path)}")
             results["teacher"] = path
             return path
