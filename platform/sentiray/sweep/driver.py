@@ -9,7 +9,7 @@ epoch and ASHA can stop a poor trial after any epoch.
 
 Layout under ``tune.output``::
 
-    ray/                    Tune's experiment state (what ``--resume`` restores)
+    ray/                    Tune's experiment state (what a rerun restores)
     trials/<trial id>/      the trial's training output (Ray Train run, model, _epochs.json)
     best.yaml               the best trial's config, a complete ``stage: train`` job
     _sweep.json             the sweep's MLflow run id (so a resumed sweep logs into it)
@@ -18,9 +18,10 @@ Layout under ``tune.output``::
 MLflow: a parent run for the sweep (params, the trial table, plots, best config) and a
 child run per trial (its config as params, its metric history).
 
-Resume: rerunning the same command continues an interrupted sweep (``tune.resume: auto``):
-Tune restores its experiment, finished trials stay finished, and an interrupted trial
-restarts in the same output, where Ray Train resumes it from its latest checkpoint.
+Resume: rerunning the same command continues an interrupted sweep (``tune.resume: auto``;
+``tune.resume=true`` insists on resuming): Tune restores its experiment, finished trials
+stay finished, and an interrupted trial restarts in its own output, where Ray Train
+resumes it from its latest checkpoint, logging into the MLflow run it started.
 """
 
 from __future__ import annotations
