@@ -622,8 +622,9 @@ def _log_sweep(sweep: Sweep, rows, table: str, best, best_yaml: str, summary, pa
     tracking.log_figure(fig, "plots/learning_curves.png")
     plots.close(fig)
 
-    # Child runs: record each trial's fate. A trial stopped by ASHA was killed mid-run,
-    # so its run is still RUNNING: close it as KILLED.
+    # Child runs: record each trial's fate. A trial stopped by ASHA was interrupted
+    # mid-run: its run is left RUNNING (actor killed) or FAILED (the stop surfaced as an
+    # exception inside the run's context), depending on timing; either way it is KILLED.
     children = {run.data.tags.get(TRIAL_TAG): run for run in
                 _child_runs(client, sweep.cfg.tracking.experiment, parent_run_id)}
     for r in rows:
@@ -634,8 +635,9 @@ def _log_sweep(sweep: Sweep, rows, table: str, best, best_yaml: str, summary, pa
         client.set_tag(run_id, "sentiray.tune.status", r["status"])
         if r["best"] is not None:
             client.log_metric(run_id, f"best_{t.metric}", r["best"])
-        if child.info.status == "RUNNING":
-            client.set_terminated(run_id, status={"early_stopped": "KILLED", "error": "FAILED"}.get(r["status"], "FINISHED"))
+        fate = {"early_stopped": "KILLED", "error": "FAILED"}.get(r["status"], "FINISHED")
+        if child.info.status != fate:
+            client.set_terminated(run_id, status=fate)
     best_child = children.get(best["trial"])
     mlflow.set_tags({"sentiray.tune.best_trial": best["trial"], "sentiray.tune.best_config": summary["best_config"],
                      **({"sentiray.tune.best_run_id": best_child.info.run_id} if best_child is not None else {})})
