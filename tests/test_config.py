@@ -25,11 +25,21 @@ def test_load_with_overrides(tmp_path):
     assert cfg.resolve("s3://b/k") == "s3://b/k"
 
 
-def test_repo_job_files_validate():
+def test_repo_job_files_validate(monkeypatch):
     from pathlib import Path
 
-    for path in sorted(Path(__file__).parents[1].joinpath("jobs").glob("*.yaml")):
-        config.load(path)
+    from sentiray import pipeline
+
+    repo = Path(__file__).parents[1]
+    monkeypatch.chdir(repo)  # a pipeline names its job YAMLs relative to the project root
+    paths = sorted(repo.joinpath("jobs").glob("*.yaml"))
+    assert len(paths) >= 8
+    for path in paths:
+        if "stages" in config.load_raw(path):
+            _, steps = pipeline.load(path)  # every stage of it, inputs wired
+            assert [s.cfg.stage for s in steps] == ["data", "rationales", "train", "augment", "train", "evaluate"]
+        else:
+            config.load(path)
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
     sentiray demo                          the whole chain on CPU with tiny models
     sentiray run jobs/X.yaml [a.b=c ...]   run the stage a job YAML names
+    sentiray pipeline jobs/pipeline.yaml [--address URL]   the stages in order, finished ones skipped
     sentiray data prepare ... / stats URI  canonical data sets
     sentiray models tiny OUT               tiny HF models for tests and the demo
     sentiray config show FILE [a.b=c ...]  print the resolved, validated config
@@ -138,7 +139,7 @@ _STAGE_HELP = {
     "tune": "sweep hyperparameters (Ray Tune)",
 }
 STAGE_COMMANDS = {k: v for k, v in _STAGE_HELP.items() if k in STAGES}
-COMMAND_MODULES: list[str] = ["sentiray.cluster.commands", "sentiray.serving.app", "sentiray.serving.loadtest"]
+COMMAND_MODULES: list[str] = ["sentiray.pipeline", "sentiray.cluster.commands", "sentiray.serving.app", "sentiray.serving.loadtest"]
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:

@@ -16,8 +16,9 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from sentiray.config import JobConfig, TrackingConfig, flatten, to_yaml
 
@@ -64,7 +65,7 @@ def setup(cfg: TrackingConfig | None = None) -> str:
     else:
         try:
             experiment_id = mlflow.create_experiment(name, artifact_location=_artifact_root(uri))
-        except Exception:  # another process created it first
+        except Exception:  # noqa: BLE001 - another process created it first (the error type varies by store)
             experiment_id = mlflow.get_experiment_by_name(name).experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
@@ -122,13 +123,22 @@ def log_figure(fig, artifact_file: str) -> None:
 
 
 @contextlib.contextmanager
-def pipeline_run(name: str, cfg: TrackingConfig | None = None, tags: dict[str, str] | None = None) -> Iterator[Any]:
-    """The parent run of a pipeline; stage runs opened inside nest under it."""
+def pipeline_run(name: str, cfg: TrackingConfig | None = None, tags: dict[str, str] | None = None,
+                 run_id: str | None = None) -> Iterator[Any]:
+    """The parent run of a pipeline; stage runs opened inside nest under it.
+
+    ``run_id``: reopen that run (a rerun of the same pipeline) if the store still has it."""
     import mlflow
 
     setup(cfg)
     old = os.environ.get(PARENT_ENV)
-    with mlflow.start_run(run_name=name, tags={"sentiray.kind": "pipeline", **(tags or {})}) as run:
+    if run_id is not None:
+        try:
+            mlflow.MlflowClient().get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            run_id = None  # deleted, or another store: start a new one
+    start = {"run_id": run_id} if run_id else {"run_name": name, "tags": {"sentiray.kind": "pipeline", **(tags or {})}}
+    with mlflow.start_run(**start) as run:
         os.environ[PARENT_ENV] = run.info.run_id
         try:
             yield run

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import ray
 import yaml
-
 from sentiray import cli
 from sentiray.cluster import k8s
+
 from tests.cluster import k8s_validation as kv
 
 REPO = Path(__file__).resolve().parents[2]

@@ -19,23 +19,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from sentiray import cli
 from sentiray.cluster import submit as sj
 from sentiray.data import schema
-from tests.cluster.helpers import BIN, ray_head
+
+from tests.cluster.helpers import BIN
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DATA_JOB = str(REPO / "jobs" / "data.yaml")
 SECRET = "sr-test-secret-7f3a9c"  # the AWS secret key the jobs get: must never be printed
 
-
-
-@pytest.fixture(scope="module")
-def head():
-    with ray_head(num_cpus=2) as (address, env):
-        yield address, env
 
 
 @pytest.fixture

@@ -25,6 +25,8 @@ from sentiray.data import images, schema, storage
 from sentiray.evaluate import metrics, plots
 from sentiray.teacher import parsing, prompts
 
+REPORT = "report.json"
+
 
 def _reference_column(rows: list[dict[str, Any]], cfg: EvaluateConfig) -> str | None:
     if cfg.reference_column:
@@ -132,7 +134,6 @@ def run(cfg: JobConfig) -> dict[str, Any]:
 
 
 def _write_outputs(report: dict[str, Any], predictions: list[dict[str, Any]], out_uri: str) -> None:
-    storage.write_json(storage.join(out_uri, "report.json"), report)
     storage.write_text(storage.join(out_uri, "report.md"), report_markdown(report))
     storage.write_text(storage.join(out_uri, "predictions.jsonl"), "".join(json.dumps(p) + "\n" for p in predictions))
     with tempfile.TemporaryDirectory() as tmp:
@@ -142,6 +143,8 @@ def _write_outputs(report: dict[str, Any], predictions: list[dict[str, Any]], ou
         plots.close(fig)
         storage.write_bytes(storage.join(out_uri, "confusion.png"), open(png, "rb").read())
         tracking.log_artifact(png, "plots")
+    # report.json last: its presence says the report is complete (`sentiray pipeline` skips on it)
+    storage.write_json(storage.join(out_uri, REPORT), report)
     tracking.log_json(report, "evaluate/report.json")
     tracking.log_text(report_markdown(report), "evaluate/report.md")
     tracking.log_text("".join(json.dumps(p) + "\n" for p in predictions[:50]), "evaluate/sample_predictions.jsonl")
