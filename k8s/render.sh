@@ -36,4 +36,20 @@ render rayjob-student.yaml jobs/student.yaml storage.root="$ROOT" \
     train.precision=bf16 train.use_gpu=true train.num_workers=4 train.cpus_per_worker=4 train.lr=3.0e-4
 render rayjob-evaluate.yaml jobs/evaluate.yaml storage.root="$ROOT" model.dtype=bfloat16 \
     --entrypoint-num-gpus 1
+# The whole chain as one RayJob (`sentiray pipeline`): same settings, each for its stage
+# (`stage:key=value`). Its driver holds one GPU for the evaluate stage's in-process generation.
+render rayjob-pipeline.yaml jobs/pipeline.yaml storage.root="$ROOT" data:data.size=20000 \
+    rationales:teacher.name=Qwen2.5-VL-72B-Instruct rationales:teacher.model.path="$MODELS/Qwen2.5-VL-72B-Instruct" \
+    rationales:teacher.model.dtype=bfloat16 rationales:teacher.num_gpus=4 rationales:teacher.concurrency=2 \
+    rationales:teacher.max_new_tokens=512 \
+    assistant:model.path="$MODELS/Qwen2.5-VL-7B-Instruct" assistant:model.dtype=bfloat16 assistant:model.lora.enabled=true \
+    assistant:train.precision=bf16 assistant:train.use_gpu=true assistant:train.num_workers=4 \
+    assistant:train.cpus_per_worker=4 assistant:train.lr=3.0e-4 assistant:train.batch_size=2 \
+    assistant:train.grad_accum=20 assistant:train.epochs=20 \
+    augment:model.dtype=bfloat16 \
+    student:model.path="$MODELS/Qwen2.5-VL-3B-Instruct" student:model.dtype=bfloat16 student:model.lora.enabled=true \
+    student:train.precision=bf16 student:train.use_gpu=true student:train.num_workers=4 \
+    student:train.cpus_per_worker=4 student:train.lr=3.0e-4 \
+    evaluate:model.dtype=bfloat16 \
+    --name sentiray-pipeline --entrypoint-num-gpus 1
 render rayservice.yaml serve/student-cluster.yaml --name sentiray-student

@@ -207,7 +207,7 @@ class State:
     def __init__(self, pipe: PipelineConfig, steps: list[Step]) -> None:
         from sentiray.data import storage
 
-        root = _absolute(pipe.storage.root) if pipe.storage else _absolute(steps[0].cfg.storage.root)
+        root = _absolute(steps[0].cfg.storage.root)  # the pipeline's storage.root, overrides applied
         self.uri = storage.join(root, STATE_DIR, f"{pipe.name}.json")
         self.data: dict[str, Any] = storage.read_json(self.uri) if storage.exists(self.uri) else {}
         self.data["name"] = pipe.name

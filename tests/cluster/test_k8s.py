@@ -204,6 +204,29 @@ def test_a_rayjob_per_stage_runs_its_job_yaml(stem, cluster):
     assert "AWS_" not in spec["runtimeEnvYAML"] and "MLFLOW" not in spec["runtimeEnvYAML"]
 
 
+def test_the_pipeline_rayjob_runs_every_stage_with_its_own_settings(cluster, capsys):
+    from sentiray import pipeline
+
+    def fails(argv) -> str:
+        capsys.readouterr()
+        assert cli.main(argv) == 2
+        return capsys.readouterr().err
+
+    (doc,) = _docs(REPO / "k8s" / "rayjob-pipeline.yaml")
+    argv = shlex.split(doc["spec"]["entrypoint"])
+    assert argv[:3] == ["sentiray", "pipeline", "jobs/pipeline.yaml"]
+    _, steps = pipeline.load("jobs/pipeline.yaml", argv[3:])  # what the job's driver will run
+    by_name = {s.name: s.cfg for s in steps}
+    assert {c.storage.root for c in by_name.values()} == {"s3://sentiray-artifacts/runs"}
+    assert by_name["rationales"].teacher.num_gpus == 4 and by_name["assistant"].train.use_gpu
+    assert by_name["student"].model.path.endswith("Qwen2.5-VL-3B-Instruct")
+    assert by_name["student"].distill.teacher_path == "s3://sentiray-artifacts/runs/checkpoints/assistant/model"
+    assert doc["spec"]["entrypointNumGpus"] == 1 and doc["spec"]["rayClusterSpec"] == cluster["spec"]
+    # a wrong stage override fails the render, not the job
+    assert "no stage named 'studnet'" in fails(["k8s", "render", "jobs/pipeline.yaml", "studnet:train.lr=1"])
+    assert "stage 'student'" in fails(["k8s", "render", "jobs/pipeline.yaml", "student:train.lrr=1"])
+
+
 # --------------------------------------------------------------------------- sentiray k8s render
 
 

@@ -3,7 +3,8 @@
 * A Ray Serve config (``serve/X.yaml``, what ``serve run`` and ``serve deploy`` take) becomes a
   RayService whose ``spec.serveConfigV2`` is that file's text, unchanged.
 * A job YAML (``jobs/X.yaml``) becomes a RayJob that runs ``sentiray run jobs/X.yaml [overrides]``
-  on a cluster created for the job and deleted after it.
+  on a cluster created for the job and deleted after it; a pipeline YAML (``jobs/pipeline.yaml``)
+  one that runs ``sentiray pipeline jobs/pipeline.yaml [overrides]``: every stage on one cluster.
 
 Both take their cluster from ``k8s/raycluster.yaml``: images, resources and worker groups are
 written once, there. Each rendered manifest records the command that made it (an annotation),
@@ -187,12 +188,20 @@ def render_rayjob(job_path: str | Path, overrides: list[str], cluster: dict[str,
     from sentiray import config
 
     rel = _project_path(job_path)
-    try:
-        config.load(job_path, overrides)  # a wrong config or override fails here, not on the cluster
+    is_pipeline = "stages" in config.load_raw(job_path)
+    try:  # a wrong config or override fails here, not on the cluster
+        if is_pipeline:
+            from sentiray import pipeline
+
+            pipeline.load(job_path, overrides)  # every stage of it
+        else:
+            config.load(job_path, overrides)
     except config.ConfigError as exc:
         raise RenderError(str(exc)) from None
+    # A pipeline runs all its stages from the job's driver, joined to the job's cluster.
+    argv = ["sentiray", "pipeline", rel] if is_pipeline else ["sentiray", "run", rel]
     spec: dict[str, Any] = {
-        "entrypoint": shlex.join(["sentiray", "run", rel, *overrides]),
+        "entrypoint": shlex.join([*argv, *overrides]),
         # No secrets here: S3 keys, the MLflow address and tokens reach every pod from the
         # cluster spec's Secrets, so they never show in the job's runtime environment.
         "runtimeEnvYAML": yaml.safe_dump({"working_dir": IMAGE_WORKDIR}, sort_keys=False),
@@ -243,10 +252,11 @@ def render(source: str | Path, overrides: list[str] | None = None, *, cluster_co
         if overrides:
             raise RenderError("overrides apply to job YAMLs only: a Serve config is embedded as it is")
         return render_rayservice(source, cluster, name=name, command=command)
-    if isinstance(doc, dict) and "stage" in doc:
+    if isinstance(doc, dict) and ("stage" in doc or "stages" in doc):
         return render_rayjob(source, overrides, cluster, name=name, entrypoint_num_cpus=entrypoint_num_cpus,
                              entrypoint_num_gpus=entrypoint_num_gpus, command=command)
-    raise RenderError(f"{source} is neither a Serve config (with `applications`) nor a job YAML (with `stage`)")
+    raise RenderError(f"{source} is neither a Serve config (with `applications`) nor a job YAML (with `stage`) "
+                      "nor a pipeline (with `stages`)")
 
 
 # --------------------------------------------------------------------------- writing
