@@ -154,9 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="runs/demo", help="where the demo writes (default runs/demo)")
     p.add_argument("--size", type=int, default=600, help="synthetic samples (default 600)")
     p.add_argument("--fresh", action="store_true", help="delete the workdir first instead of reusing finished stages")
-    p.add_argument("--epochs", type=int, default=6, help="training epochs of the assistant and the student (default 6)")
-    p.add_argument("--teacher-steps", dest="teacher_steps", type=int, default=600,
-                   help="optimizer steps fitting the demo's tiny teacher on the gold chains (default 600)")
+    p.add_argument("--epochs", type=int, default=10, help="training epochs of the assistant and the student (default 10)")
+    p.add_argument("--teacher-steps", dest="teacher_steps", type=int, default=1200,
+                   help="optimizer steps fitting the demo's tiny teacher on the gold chains (default 1200)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("run", help="run the stage that a job YAML names (locally or inside a Ray job)")

@@ -39,8 +39,8 @@ class _Steps:
         return "\n".join(lines)
 
 
-def run_demo(workdir: str = "runs/demo", size: int = 600, fresh: bool = False, epochs: int = 6,
-             teacher_steps: int = 600) -> dict[str, Any]:
+def run_demo(workdir: str = "runs/demo", size: int = 600, fresh: bool = False, epochs: int = 10,
+             teacher_steps: int = 1200) -> dict[str, Any]:
     """Run every stage; ``size``, ``epochs`` and ``teacher_steps`` trade quality for time."""
     workdir = os.path.abspath(workdir)
     if fresh and os.path.exists(workdir):
