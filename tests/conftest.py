@@ -76,8 +76,11 @@ def tiny_models(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
-    """One local Ray cluster shared by every test that needs it."""
+def ray_cluster(s3_server):
+    """One local Ray cluster shared by every test that needs it.
+
+    After the S3 server: Ray's workers inherit the AWS variables at ray.init, so a test writing
+    to s3:// must not depend on whether an earlier test happened to start the server first."""
     import ray
 
     if not ray.is_initialized():

@@ -36,7 +36,7 @@ def job(ws, **overrides) -> config.JobConfig:
         "data": {"format": "canonical", "input": "data/msc"},
         "model": {"path": ws["models"]["vlm"], "kind": "vlm"},
         "train": {"role": "assistant", "output": "ckpt/assistant", "chain_column": "gold_chain", "epochs": 5,
-                  "lr": 5e-3, "batch_size": 4, "num_workers": 2, "zero_stage": 2, "log_every": 2},
+                  "lr": 5e-3, "batch_size": 8, "num_workers": 2, "zero_stage": 2, "log_every": 2},
     }
     return config.validate(config.apply_overrides(raw, [f"{k}={v}" for k, v in overrides.items()]))
 
