@@ -607,7 +607,7 @@ def job_qwen(args: dict[str, Any]) -> dict[str, Any]:
     from sentiray.models.generation import Generator
     from sentiray.models.inputs import PromptEncoder
     from sentiray.models.loading import load_model
-    from sentiray.teacher import prompts
+    from sentiray import prompts
 
     device = _device(args)
     dtype = torch.bfloat16 if args.get("precision", "bf16") == "bf16" else torch.float32

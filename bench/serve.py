@@ -37,7 +37,7 @@ def bare_model(model_path: str, post: dict, concurrency: int, max_batch: int, ch
     from sentiray.models.generation import Generator
     from sentiray.models.loading import load_model
     from sentiray.serving.model_server import LoadedModel, ModelJob, run_batch
-    from sentiray.teacher import prompts
+    from sentiray import prompts
 
     torch.set_num_threads(1)
     model, processor = load_model(model_path, kind="vlm", for_generation=True)

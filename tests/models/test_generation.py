@@ -7,7 +7,7 @@ from sentiray.models.generation import Generator
 from sentiray.models.inputs import PromptEncoder
 from sentiray.models.loading import load_model, prepare_for_generation
 from sentiray.models.tiny import NUM_IMAGE_TOKENS
-from sentiray.teacher import prompts
+from sentiray import prompts
 
 
 def rows(n=3):

@@ -15,7 +15,7 @@ import requests
 import torch
 from sentiray.data import images
 from sentiray.serving.app import IMPORT_PATH
-from sentiray.teacher import prompts
+from sentiray import prompts
 
 from tests.serving.conftest import b64, deploy, png
 

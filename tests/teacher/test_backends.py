@@ -8,7 +8,8 @@ from PIL import Image
 from sentiray.config import TeacherConfig
 from sentiray.data import synthetic
 from sentiray.data.images import ImageError
-from sentiray.teacher import backends, prompts
+from sentiray import prompts
+from sentiray.teacher import backends
 from sentiray.teacher.backends import Request
 
 from tests.conftest import free_port

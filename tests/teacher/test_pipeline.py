@@ -16,7 +16,7 @@ from sentiray import config, stages
 from sentiray.config import ConfigError
 from sentiray.data import schema, storage, synthetic
 from sentiray.teacher import backends, pipeline
-from sentiray.teacher.parsing import parse_label
+from sentiray.prompts.parsing import parse_label
 
 from tests.conftest import free_port
 from tests.teacher.openai_server import ServerProcess

@@ -3,7 +3,8 @@
 import pytest
 
 from sentiray.data import chains
-from sentiray.teacher import parsing, prompts
+from sentiray import prompts
+from sentiray.prompts import parsing
 
 
 @pytest.mark.parametrize(

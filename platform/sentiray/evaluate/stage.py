@@ -23,7 +23,8 @@ from sentiray import tracking
 from sentiray.config import EvaluateConfig, JobConfig
 from sentiray.data import images, schema, storage
 from sentiray.evaluate import metrics, plots
-from sentiray.teacher import parsing, prompts
+from sentiray import prompts
+from sentiray.prompts import parsing
 
 REPORT = "report.json"
 

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from sentiray.models.inputs import PromptEncoder
-from sentiray.teacher.prompts import label_target
-from sentiray.train.losses import IGNORE
+from sentiray.prompts import label_target
+from sentiray.models.inputs import IGNORE
 
 
 @dataclass

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from sentiray.models.loading import tokenizer_of
-from sentiray.teacher.prompts import messages
-from sentiray.train.losses import IGNORE
+from sentiray.prompts import messages
+IGNORE = -100  # the label of a token that takes no loss (prompt, padding): torch and HF convention
 
 
 @dataclass

@@ -37,7 +37,7 @@ def _pyfunc_class():
             import torch
 
             from sentiray.data import images
-            from sentiray.teacher import prompts
+            from sentiray import prompts
 
             rows = model_input.to_dict(orient="records")
             texts, imgs = [], []

@@ -150,7 +150,7 @@ def _prompt_and_synthetic_corpus() -> list[str]:
     that tiny models see their prompts and targets as a few hundred tokens, not a thousand
     bytes: training and generation in tests and the demo stay fast."""
     from sentiray.data import synthetic
-    from sentiray.teacher import prompts
+    from sentiray import prompts
 
     lines = [p.read_text() for p in sorted(prompts.TEMPLATE_DIR.glob("*.txt"))]
     for task in ("msc", "masc", "mabsa", "msa", "erc"):

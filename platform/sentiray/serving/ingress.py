@@ -194,8 +194,8 @@ def _fingerprint(info: dict[str, Any]) -> str:
 def create_app(model: Any, cfg: ServeAppConfig) -> FastAPI:
     """The FastAPI app of one ingress replica; ``model`` is the handle of the model deployment."""
     from sentiray import __version__
-    from sentiray.teacher import prompts
-    from sentiray.teacher.parsing import parse_label
+    from sentiray import prompts
+    from sentiray.prompts.parsing import parse_label
 
     limits = cfg.limits
     takes_images = cfg.kind == "vlm"

@@ -27,8 +27,8 @@ from typing import Any
 import torch
 
 from sentiray.data import chains, images, schema, storage
-from sentiray.teacher import prompts
-from sentiray.teacher.parsing import parse_label
+from sentiray import prompts
+from sentiray.prompts.parsing import parse_label
 
 MARKER = ".sentiray-demo-teacher.json"
 RECIPE_VERSION = 2

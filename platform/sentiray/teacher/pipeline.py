@@ -50,7 +50,7 @@ from sentiray import tracking
 from sentiray.config import ConfigError, JobConfig, TeacherConfig
 from sentiray.data import schema, storage
 from sentiray.data.images import ImageError
-from sentiray.teacher import prompts
+from sentiray import prompts
 from sentiray.teacher.backends import (
     UNREADABLE_IMAGE,
     Request,
@@ -58,7 +58,7 @@ from sentiray.teacher.backends import (
     require_vllm,
     teacher_name,
 )
-from sentiray.teacher.parsing import parse_label
+from sentiray.prompts.parsing import parse_label
 
 # Columns this stage adds to every row.
 RATIONALE_FIELDS: list[pa.Field] = [

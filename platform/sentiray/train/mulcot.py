@@ -20,7 +20,7 @@ from sentiray.config import ConfigError, JobConfig
 from sentiray.data import images, schema
 from sentiray.models.inputs import Encoded, PromptEncoder
 from sentiray.models.loading import apply_lora, load_model, save_model, tokenizer_of
-from sentiray.teacher import prompts
+from sentiray import prompts
 from sentiray.train import losses
 from sentiray.train.families import Family
 
