@@ -100,7 +100,7 @@ def bench_hf(root: str, data: str, vlm: str, batch: int, tokens: int, workers: l
 def bench_openai(root: str, data: str, vlm: str, delay: float, concurrencies: list[int]) -> list[tuple]:
     from sentiray.data import schema
     from sentiray import prompts
-from sentiray.teacher import pipeline
+    from sentiray.teacher import pipeline
     from sentiray.teacher.backends import OpenAIBackend, Request
 
     from tests.conftest import free_port

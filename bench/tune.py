@@ -38,14 +38,15 @@ def sweep(root: str, model: str, scheduler: str, args: argparse.Namespace) -> co
         "tracking": {"experiment": "bench-tune"},
         "data": {"format": "canonical", "input": "data"},
         "model": {"path": model, "kind": "vlm"},
-        "train": {"role": "assistant", "output": "unused", "chain_column": "gold_chain", "epochs": args.max_t,
-                  "batch_size": 8, "max_length": 256, "zero_stage": 0, "num_workers": 1, "keep_checkpoints": 1,
+        "mulcot": {"role": "assistant", "chain_column": "gold_chain", "max_length": 256},
+        "train": {"output": "unused", "epochs": args.max_t,
+                  "batch_size": 8, "zero_stage": 0, "num_workers": 1, "keep_checkpoints": 1,
                   "log_every": 5},
         "tune": {
             "searcher": "random", "seed": args.seed, "num_samples": args.trials, "scheduler": scheduler,
             "grace_period": 1, "reduction_factor": 2, "metric": args.metric, "mode": args.mode,
             "output": f"tune/{scheduler}",
-            "search_space": {"train.lr": {"loguniform": [1e-5, 3e-2]}, "train.w_chain": {"uniform": [0.5, 1.5]}},
+            "search_space": {"train.lr": {"loguniform": [1e-5, 3e-2]}, "mulcot.w_chain": {"uniform": [0.5, 1.5]}},
         },
     })
 

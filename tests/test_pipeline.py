@@ -106,9 +106,9 @@ def test_a_failed_stage_stops_the_chain_and_a_rerun_starts_there(tmp_path, capsy
     p = write_pipeline(tmp_path / "p.yaml", root, [
         {"name": "data", "config": str(JOBS / "data.yaml"), "overrides": ["data.size=40", "data.output=data/msc"]},
         {"name": "evaluate", "config": str(JOBS / "evaluate.yaml"), "inputs": {"data.input": "data"},
-         "overrides": [f"model.path={model}", "evaluate.limit=4", "evaluate.max_new_tokens=8"]},
+         "overrides": [f"model.path={model}", "evaluate.limit=4", "mulcot.chain_max_new_tokens=8"]},
         {"name": "again", "config": str(JOBS / "evaluate.yaml"), "inputs": {"data.input": "data"},
-         "overrides": [f"model.path={model}", "evaluate.limit=2", "evaluate.generate_chains=false",
+         "overrides": [f"model.path={model}", "evaluate.limit=2", "mulcot.generate_chains=false",
                        "evaluate.output=reports/again"]},
     ])
     code, out, err = run_cli(capsys, "pipeline", str(p))
@@ -159,7 +159,7 @@ def chain(tmp_path: Path, models: dict) -> Path:
         {"name": "student", "config": str(JOBS / "student.yaml"), "inputs": {"data.input": "augment", "distill.teacher_path": "assistant"},
          "overrides": [f"model.path={models['vlm']}", *train]},
         {"name": "evaluate", "config": str(JOBS / "evaluate.yaml"), "inputs": {"data.input": "rationales", "model.path": "student"},
-         "overrides": ["evaluate.max_new_tokens=24"]},
+         "overrides": ["mulcot.chain_max_new_tokens=24"]},
     ])
 
 

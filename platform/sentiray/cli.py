@@ -11,6 +11,7 @@
     sentiray k8s render serve/X.yaml | jobs/X.yaml [a.b=c ...] [-o FILE]      KubeRay manifests
     sentiray serve serve/student.yaml [a.b=c ...]    the student behind an autoscaled endpoint
     sentiray loadtest URL --concurrency N --duration S   requests/s and latency percentiles
+    sentiray score --task TASK FILE [--json]          the field's metrics of a predictions file
 """
 
 from __future__ import annotations
@@ -139,7 +140,8 @@ _STAGE_HELP = {
     "tune": "sweep hyperparameters (Ray Tune)",
 }
 STAGE_COMMANDS = {k: v for k, v in _STAGE_HELP.items() if k in STAGES}
-COMMAND_MODULES: list[str] = ["sentiray.pipeline", "sentiray.cluster.commands", "sentiray.serving.app", "sentiray.serving.loadtest"]
+COMMAND_MODULES: list[str] = ["sentiray.pipeline", "sentiray.cluster.commands", "sentiray.serving.app", "sentiray.serving.loadtest",
+                              "sentiray.evaluate.score"]
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:

@@ -110,8 +110,8 @@ def run_demo(workdir: str = "runs/demo", size: int = 600, fresh: bool = False, e
 
         def assistant() -> str:
             job = _job("train", workdir, name="assistant", data={"format": "canonical", "input": "data/rationales"},
-                       model={"path": results["models"]["vlm"]},
-                       train={**train_common, "role": "assistant", "output": "checkpoints/assistant", "zero_stage": 2})
+                       model={"path": results["models"]["vlm"]}, mulcot={"role": "assistant"},
+                       train={**train_common, "output": "checkpoints/assistant", "zero_stage": 2})
             summary = stages.run_stage(job)
             results["assistant"] = summary["model"]
             return summary["model"]
@@ -134,8 +134,8 @@ def run_demo(workdir: str = "runs/demo", size: int = 600, fresh: bool = False, e
 
             init = build_tiny_vlm(os.path.join(workdir, "models", "student-init"), seed=7)
             job = _job("train", workdir, name="student", data={"format": "canonical", "input": "data/augmented"},
-                       model={"path": init},
-                       train={**train_common, "role": "student", "output": "checkpoints/student", "zero_stage": 3},
+                       model={"path": init}, mulcot={"role": "student"},
+                       train={**train_common, "output": "checkpoints/student", "zero_stage": 3},
                        distill={"teacher_path": results["assistant"], "lambda_kd": 0.3, "tau": 2.0})
             summary = stages.run_stage(job)
             results["student"] = summary["model"]
@@ -147,7 +147,7 @@ def run_demo(workdir: str = "runs/demo", size: int = 600, fresh: bool = False, e
         def evaluate() -> str:
             job = _job("evaluate", workdir, name="evaluate-student", data={"format": "canonical", "input": "data/rationales"},
                        model={"path": results["student"]},
-                       evaluate={"split": "test", "max_new_tokens": 160, "output": "reports/student"})
+                       evaluate={"split": "test", "output": "reports/student"}, mulcot={"chain_max_new_tokens": 160})
             summary = stages.run_stage(job)
             results["metrics"] = summary["metrics"]
             return summary["output"]

@@ -18,7 +18,8 @@ def test_evaluate_writes_report(tmp_path, tiny_models, monkeypatch):
     prepare(config.validate({**base, "stage": "data", "data": {"format": "synthetic", "task": "masc", "size": 60, "output": "d"}}))
     cfg = config.validate({**base, "stage": "evaluate", "data": {"format": "canonical", "input": "d"},
                            "model": {"path": tiny_models["vlm"]},
-                           "evaluate": {"split": "test", "max_new_tokens": 24, "batch_size": 4, "output": "report"}})
+                           "evaluate": {"split": "test", "batch_size": 4, "output": "report"},
+                           "mulcot": {"chain_max_new_tokens": 24}})
     summary = stages.run_stage(cfg)
     report = storage.read_json(str(tmp_path / "report" / "report.json"))
     n = report["n"]
@@ -35,3 +36,9 @@ def test_evaluate_writes_report(tmp_path, tiny_models, monkeypatch):
     run = client.search_runs([client.get_experiment_by_name("eval").experiment_id])[0]
     assert run.data.metrics["label_accuracy"] == pytest.approx(report["label"]["accuracy"])
     assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {"plots/confusion.png"}
+    # predictions.jsonl is in `sentiray score`'s format: rescoring it gives the report's numbers
+    from sentiray.evaluate import score
+
+    rescored = score.score(report["task"], score.read_predictions(str(tmp_path / "report" / "predictions.jsonl")))
+    assert rescored["accuracy"] == pytest.approx(report["label"]["accuracy"])
+    assert rescored["macro_f1"] == pytest.approx(report["label"]["macro_f1"])

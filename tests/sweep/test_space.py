@@ -30,7 +30,7 @@ def with_space(search_space: dict, **tune) -> dict:
     ({"train.lr": {"choice": []}}, r"'train.lr': choice needs at least one value, got an empty list"),
     ({"train.lr": {"grid": []}}, r"'train.lr': grid needs at least one value"),
     ({"train.lr": {"loguniform": [1e-2, 1e-4]}}, r"'train.lr': loguniform low \(0.01\) > high \(0.0001\)"),
-    ({"train.w_chain": {"uniform": [2, 1]}}, r"'train.w_chain': uniform low \(2\) > high \(1\)"),
+    ({"mulcot.w_chain": {"uniform": [2, 1]}}, r"'mulcot.w_chain': uniform low \(2\) > high \(1\)"),
     ({"model.lora.r": {"randint": [32, 4]}}, r"'model.lora.r': randint low \(32\) > high \(4\)"),
     ({"model.lora.r": {"randint": [4.5, 8]}}, r"randint takes integers"),
     ({"train.lr": {"loguniform": [0, 1e-2]}}, r"loguniform needs 0 < low"),
@@ -90,7 +90,7 @@ def test_metric_must_be_reported_at_epoch_ends():
 def test_valid_fields_pass_across_sections():
     raw = with_space({
         "train.lr": {"loguniform": [1e-4, 1e-2]},
-        "train.w_chain": {"uniform": [0.5, 1.5]},
+        "mulcot.w_chain": {"uniform": [0.5, 1.5]},
         "model.lora.r": {"randint": [4, 32]},
         "model.lora.dropout": {"choice": [0.05, 0.2]},
         "model.lora.target_modules": {"choice": [["q_proj", "v_proj"], ["q_proj", "k_proj", "v_proj", "o_proj"]]},
@@ -151,10 +151,10 @@ def test_concurrency_follows_cluster_and_trial_needs():
 
 def test_trial_job_applies_values_and_isolates_output():
     cfg = config.validate(sweep_raw())
-    job = driver.trial_job(cfg.model_dump(mode="json"), {"train.lr": 0.002, "train.w_chain": 0.7}, "abc_00001",
+    job = driver.trial_job(cfg.model_dump(mode="json"), {"train.lr": 0.002, "mulcot.w_chain": 0.7}, "abc_00001",
                            {"output": "/sweeps/s1", "max_t": 4, "mlflow": {"tracking_uri": "sqlite:////x.db", "run_id": "P"}})
     assert job.stage == "train" and job.tune is None
-    assert (job.train.lr, job.train.w_chain, job.train.epochs) == (0.002, 0.7, 4)
+    assert (job.train.lr, job.mulcot.w_chain, job.train.epochs) == (0.002, 0.7, 4)
     assert job.train.output == "/sweeps/s1/trials/abc_00001"
     assert job.tracking.parent_run_id == "P" and job.tracking.tags[driver.TRIAL_TAG] == "abc_00001"
 

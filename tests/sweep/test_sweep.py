@@ -46,8 +46,9 @@ def sweep_raw(ws, name: str, **tune) -> dict:
         "tracking": {"experiment": EXPERIMENT},
         "data": {"format": "canonical", "input": "data/msc"},
         "model": {"path": ws["model"], "kind": "vlm"},
-        "train": {"role": "assistant", "output": f"ckpt/{name}-best", "chain_column": "gold_chain", "epochs": 3,
-                  "batch_size": 8, "max_length": 256, "zero_stage": 0, "num_workers": 1, "keep_checkpoints": 1,
+        "mulcot": {"role": "assistant", "chain_column": "gold_chain", "max_length": 256},
+        "train": {"output": f"ckpt/{name}-best", "epochs": 3,
+                  "batch_size": 8, "zero_stage": 0, "num_workers": 1, "keep_checkpoints": 1,
                   "log_every": 5},
         "tune": {"output": f"tune/{name}", **tune},
     }
@@ -134,13 +135,13 @@ ASHA = {"scheduler": "asha", "metric": "train_ce_l", "mode": "min", "grace_perio
 def test_random_search_with_asha(ws):
     cfg = config.validate(sweep_raw(
         ws, "random", searcher="random", num_samples=6, **ASHA,
-        search_space={"train.lr": {"loguniform": [1e-5, 3e-2]}, "train.w_chain": {"uniform": [0.5, 1.5]}}))
+        search_space={"train.lr": {"loguniform": [1e-5, 3e-2]}, "mulcot.w_chain": {"uniform": [0.5, 1.5]}}))
     started = time.perf_counter()
     summary = stages.run_stage(cfg)
     print(f"random+asha sweep: {time.perf_counter() - started:.0f}s")
     check_asha_sweep(ws, summary, trials=6, max_t=3, metric="train_ce_l", mode="min")
     for row in summary["table"]:
-        assert 1e-5 <= row["hp"]["train.lr"] <= 3e-2 and 0.5 <= row["hp"]["train.w_chain"] <= 1.5
+        assert 1e-5 <= row["hp"]["train.lr"] <= 3e-2 and 0.5 <= row["hp"]["mulcot.w_chain"] <= 1.5
 
     # the best trial's config: a complete train job with the best values, tagged in MLflow
     best = summary["best_config"]
@@ -149,7 +150,7 @@ def test_random_search_with_asha(ws):
     job = config.load(best)
     assert job.stage == "train" and job.tune is None and job.train.epochs == 3
     assert job.train.lr == pytest.approx(best_row["hp"]["train.lr"])
-    assert job.train.w_chain == pytest.approx(best_row["hp"]["train.w_chain"])
+    assert job.mulcot.w_chain == pytest.approx(best_row["hp"]["mulcot.w_chain"])
     assert job.train.output == "ckpt/random-best"
     logged = client(ws).download_artifacts(summary["mlflow_run_id"], "best/train.yaml")
     assert open(logged).read() == open(best).read()
@@ -170,12 +171,12 @@ def test_random_search_with_asha(ws):
 def test_optuna_search_with_asha(ws):
     cfg = config.validate(sweep_raw(
         ws, "optuna", searcher="optuna", num_samples=6, max_t=2, seed=1, **ASHA,
-        search_space={"train.lr": {"loguniform": [1e-5, 3e-2]}, "train.w_chain": {"choice": [0.5, 1.0, 1.5]}}))
+        search_space={"train.lr": {"loguniform": [1e-5, 3e-2]}, "mulcot.w_chain": {"choice": [0.5, 1.0, 1.5]}}))
     started = time.perf_counter()
     summary = stages.run_stage(cfg)
     print(f"optuna+asha sweep: {time.perf_counter() - started:.0f}s")
     check_asha_sweep(ws, summary, trials=6, max_t=2, metric="train_ce_l", mode="min")
-    assert {row["hp"]["train.w_chain"] for row in summary["table"]} <= {0.5, 1.0, 1.5}
+    assert {row["hp"]["mulcot.w_chain"] for row in summary["table"]} <= {0.5, 1.0, 1.5}
     # Optuna proposed distinct learning rates (TPE samples, it does not repeat a point)
     assert len({row["hp"]["train.lr"] for row in summary["table"]}) == 6
 

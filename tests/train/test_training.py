@@ -4,13 +4,12 @@ One assistant is trained for the module and reused: the student distils from it,
 evaluation and registry checks read it.
 """
 
-import json
 
 import mlflow
 import pytest
 
 from sentiray import config, stages
-from sentiray.data import schema, storage
+from sentiray.data import storage
 from sentiray.data.prepare import run as prepare
 from sentiray.models.tiny import build_tiny_vlm
 
@@ -35,7 +34,8 @@ def job(ws, **overrides) -> config.JobConfig:
         "tracking": {"experiment": "train-tests"},
         "data": {"format": "canonical", "input": "data/msc"},
         "model": {"path": ws["models"]["vlm"], "kind": "vlm"},
-        "train": {"role": "assistant", "output": "ckpt/assistant", "chain_column": "gold_chain", "epochs": 5,
+        "mulcot": {"role": "assistant", "chain_column": "gold_chain"},
+        "train": {"output": "ckpt/assistant", "epochs": 5,
                   "lr": 5e-3, "batch_size": 8, "num_workers": 2, "zero_stage": 2, "log_every": 2},
     }
     return config.validate(config.apply_overrides(raw, [f"{k}={v}" for k, v in overrides.items()]))
@@ -82,7 +82,7 @@ def test_rerun_of_finished_training_is_skipped(workspace, assistant):
 
 def test_student_zero3_distills_from_assistant(workspace, assistant):
     summary = stages.run_stage(job(
-        workspace, **{"train.role": "student", "train.output": "ckpt/student", "model.path": workspace["student"],
+        workspace, **{"mulcot.role": "student", "train.output": "ckpt/student", "model.path": workspace["student"],
                       "train.zero_stage": 3, "distill.teacher_path": assistant["model"], "distill.lambda_kd": 0.3,
                       "distill.tau": 2.0, "train.epochs": 6}))
     store = workspace["store"]
@@ -121,6 +121,6 @@ def test_training_with_storage_on_s3(workspace, s3_uri):
 
 def test_bad_training_config_fails_before_ray(workspace):
     with pytest.raises(config.ConfigError, match="needs a distill section"):
-        stages.run_stage(job(workspace, **{"train.role": "student", "train.output": "ckpt/x"}))
+        stages.run_stage(job(workspace, **{"mulcot.role": "student", "train.output": "ckpt/x"}))
     with pytest.raises(config.ConfigError, match="unknown family"):
         stages.run_stage(job(workspace, **{"train.family": "nope", "train.output": "ckpt/y"}))

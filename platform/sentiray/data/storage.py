@@ -150,6 +150,27 @@ def upload_dir(local_dir: str, uri: str) -> None:
             fs.put_file(src, posixpath.join(path, rel))
 
 
+def copy_dir(src: str, dst: str) -> None:
+    """Copy the tree at ``src`` to ``dst``, either side local or s3://."""
+    if not is_remote(src) and not is_remote(dst):
+        shutil.copytree(filesystem(src)[1], filesystem(dst)[1], dirs_exist_ok=True)
+        return
+    if is_remote(src) and is_remote(dst):
+        fs, src_path = filesystem(src)
+        dst_path = filesystem(dst)[1]
+        for remote in fs.find(src_path):
+            fs.copy(remote, posixpath.join(dst_path, posixpath.relpath(remote, src_path)))
+        return
+    if is_remote(dst):
+        upload_dir(filesystem(src)[1], dst)
+        return
+    fs, src_path = filesystem(src)
+    for remote in fs.find(src_path):
+        dest = Path(filesystem(dst)[1]) / posixpath.relpath(remote, src_path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(remote, str(dest))
+
+
 def local_copy(uri: str, cache_dir: str | None = None) -> str:
     """A local directory holding the tree at ``uri``: the path itself when local,
     else a download into a cache keyed by the URI (reused when already complete)."""

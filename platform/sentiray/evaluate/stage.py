@@ -1,12 +1,14 @@
-"""Stage ``evaluate``: classification and reasoning metrics of a trained model on a split.
+"""Stage ``evaluate``: a trained model's predictions on a split, scored as its field scores them.
 
-Two predictions per sample:
-- ``label``: the l-stream answer with the highest likelihood (exact, cheap; also gives
-  class probabilities);
-- ``chain``: a greedily generated reasoning chain, its label parsed by the method.md rule
-  (unparseable counts as wrong and is counted).
-Reasoning metrics compare generated chains with the reference chains (the teacher's
-rationales, or the synthetic gold chains).
+Any family: the model folder's manifest names the family, whose predictor predicts (in
+batches, with progress) and whose report holds the metrics (the same arithmetic as
+``sentiray score``) and plots. Writes to ``evaluate.output``:
+
+- ``predictions.jsonl``: one line per row in ``sentiray score``'s format (``id``, ``pred``,
+  ``label``/``gold``) plus the family's extra fields (probabilities, chains, ...), so
+  ``sentiray score --task TASK predictions.jsonl`` gives the report's metrics again;
+- ``report.md``, the plots (PNG), and ``report.json`` last (its presence says the report is
+  complete; ``sentiray pipeline`` skips on it).
 """
 
 from __future__ import annotations
@@ -21,74 +23,46 @@ from tqdm import tqdm
 
 from sentiray import tracking
 from sentiray.config import EvaluateConfig, JobConfig
-from sentiray.data import images, schema, storage
-from sentiray.evaluate import metrics, plots
-from sentiray import prompts
-from sentiray.prompts import parsing
+from sentiray.data import schema, storage
 
 REPORT = "report.json"
 
 
-def _reference_column(rows: list[dict[str, Any]], cfg: EvaluateConfig) -> str | None:
-    if cfg.reference_column:
-        return cfg.reference_column
-    for column in ("rationale", "gold_chain"):
-        if rows and rows[0].get(column):
-            return column
-    return None
-
-
-def predict(generator, rows: list[dict[str, Any]], labels: tuple[str, ...], cfg: EvaluateConfig) -> list[dict[str, Any]]:
-    """Label-scored (and optionally chain) predictions for ``rows``, with progress."""
-    import torch
-
+def predict_rows(predictor, rows: list[dict[str, Any]], batch_size: int, options: dict[str, Any] | None = None,
+                 desc: str = "evaluate") -> list[dict[str, Any]]:
+    """``predictor.predict`` over ``rows`` in batches, with a progress bar (rows/s, ETA)."""
     out: list[dict[str, Any]] = []
-    bar = tqdm(total=len(rows), desc="evaluate", unit="row", disable=None)
-    for start in range(0, len(rows), cfg.batch_size):
-        chunk = rows[start : start + cfg.batch_size]
-        imgs = [images.load(r) for r in chunk]
-        scores = generator.label_logprobs([prompts.render("label", r) for r in chunk], imgs, labels)
-        probs = torch.softmax(scores, -1)
-        chains = [None] * len(chunk)
-        if cfg.generate_chains:
-            chains = generator.generate([prompts.render("chain", r) for r in chunk], imgs, max_new_tokens=cfg.max_new_tokens)
-        for row, p, chain in zip(chunk, probs, chains):
-            out.append({
-                "id": row["id"],
-                "gold": row["label"],
-                "label": labels[int(p.argmax())],
-                "probs": {label: float(v) for label, v in zip(labels, p)},
-                "chain": chain.text if chain else None,
-                "chain_label": parsing.parse_label(chain.text, labels) if chain else None,
-            })
+    bar = tqdm(total=len(rows), desc=desc, unit="row", disable=None)
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        out += predictor.predict(chunk, options)
         bar.update(len(chunk))
     bar.close()
     return out
 
 
-def report_markdown(report: dict[str, Any]) -> str:
-    lines = [f"# Evaluation of {report['model']}", "", f"data: `{report['data']}` split `{report['split']}`, "
-             f"{report['n']} samples, {report['seconds']:.1f} s", "", "| prediction | accuracy | macro-F1 | weighted-F1 | unparseable |",
-             "| --- | --- | --- | --- | --- |"]
-    for name in ("label", "chain"):
-        m = report.get(name)
-        if m:
-            lines.append(f"| {name} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | {m['weighted_f1']:.4f} | {m['unparseable']} |")
-    r = report.get("reasoning")
-    if r:
-        lines += ["", f"Reasoning (vs `{report['reference']}`):", "", "| metric | value |", "| --- | --- |"]
-        lines += [f"| {k} | {'n/a' if v is None else f'{v:.4f}'} |" for k, v in r.items()]
-    lines += ["", "Confusion matrix (label prediction; rows gold, columns predicted):", "",
-              "| gold \\ predicted | " + " | ".join(report["labels"]) + " |",
-              "| --- |" + " --- |" * len(report["labels"])]
-    for label, row in zip(report["labels"], report["label"]["confusion"]):
-        lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
-    return "\n".join(lines) + "\n"
+def prediction_lines(predictor, rows, predictions) -> list[dict[str, Any]]:
+    """``predictions.jsonl``: the score format first, then the family's own fields."""
+    lines = []
+    for row, pred in zip(rows, predictions):
+        scored = predictor.scored(row, pred)
+        lines.append({**scored, **{k: v for k, v in pred.items() if k not in scored}})
+    return lines
+
+
+def report_markdown(predictor, report: dict[str, Any]) -> str:
+    head = [f"# Evaluation of {report['model']}", "",
+            f"family `{report['family']}`, task `{report['task']}`; data `{report['data']}` split `{report['split']}`, "
+            f"{report['n']} samples, {report['seconds']:.1f} s", ""]
+    body = predictor.report_markdown(report) if hasattr(predictor, "report_markdown") else ""
+    if not body:
+        body = "| metric | value |\n| --- | --- |\n" + "".join(
+            f"| {k} | {v:.4f} |\n" for k, v in report["metrics"].items())
+    return "\n".join(head) + body
 
 
 def run(cfg: JobConfig) -> dict[str, Any]:
-    from sentiray.models.generation import Generator
-    from sentiray.models.loading import load_model, prepare_for_generation
+    from sentiray import families
     from sentiray.models.registry import resolve_model_uri
 
     ecfg = cfg.evaluate or EvaluateConfig()
@@ -98,54 +72,49 @@ def run(cfg: JobConfig) -> dict[str, Any]:
         rows = rows[: ecfg.limit]
     if not rows:
         raise schema.DataError(f"split {ecfg.split!r} of {data_uri} is empty")
-    task = rows[0]["task"]
-    labels = schema.labels_for(task)
-    if not labels:
-        raise schema.DataError(f"evaluate classifies; {data_uri} holds the regression task {task!r}")
     model_uri = cfg.model.path if cfg.model.path.startswith(("models:/", "runs:/")) else cfg.resolve(cfg.model.path)
     out_uri = cfg.resolve(ecfg.output)
 
     with tracking.stage_run(cfg, "evaluate"):
         start = time.perf_counter()
-        model, processor = load_model(resolve_model_uri(model_uri), kind=cfg.model.kind, dtype=cfg.model.dtype, for_generation=True)
-        prepare_for_generation(model, processor)
-        generator = Generator(model, processor, max_new_tokens=ecfg.max_new_tokens)
-        predictions = predict(generator, rows, labels, ecfg)
-        golds = [p["gold"] for p in predictions]
-        report: dict[str, Any] = {
-            "model": model_uri, "data": data_uri, "split": ecfg.split, "task": task, "n": len(rows),
-            "labels": list(labels), "label": metrics.classification(golds, [p["label"] for p in predictions], labels),
-        }
-        reference = _reference_column(rows, ecfg)
-        if ecfg.generate_chains:
-            report["chain"] = metrics.classification(golds, [p["chain_label"] for p in predictions], labels)
-            if reference:
-                refs = [r.get(reference) or "" for r in rows]
-                report["reasoning"] = metrics.reasoning([p["chain"] or "" for p in predictions], refs)
-                report["reference"] = reference
+        predictor = families.load_predictor(resolve_model_uri(model_uri))
+        task = rows[0]["task"]
+        if task != predictor.task and not _compatible(task, predictor.task):
+            raise schema.DataError(f"the model was trained for task {predictor.task!r}; {data_uri} holds {task!r}")
+        options = predictor.evaluate_options(cfg) if hasattr(predictor, "evaluate_options") else {}
+        predictions = predict_rows(predictor, rows, ecfg.batch_size, options)
+        report: dict[str, Any] = {"model": model_uri, "data": data_uri, "split": ecfg.split, "task": predictor.task,
+                                  "family": predictor.manifest.get("family"), "n": len(rows)}
+        report.update(predictor.report(rows, predictions, options))
         report["seconds"] = time.perf_counter() - start
-        _write_outputs(report, predictions, out_uri)
-        flat = {f"{kind}_{k}": report[kind][k] for kind in ("label", "chain") if kind in report
-                for k in ("accuracy", "macro_f1", "weighted_f1", "unparseable")}
-        flat.update({f"reasoning_{k}": v for k, v in report.get("reasoning", {}).items() if v is not None})
-        tracking.log_metrics(flat)
-    print(report_markdown(report))
+        _write_outputs(predictor, report, prediction_lines(predictor, rows, predictions), rows, predictions, out_uri)
+        tracking.log_metrics(report["metrics"])
+    print(report_markdown(predictor, report))
     print(f"evaluate: report in {out_uri}")
-    return {"output": out_uri, "metrics": flat, "report": report}
+    return {"output": out_uri, "metrics": report["metrics"], "report": report}
 
 
-def _write_outputs(report: dict[str, Any], predictions: list[dict[str, Any]], out_uri: str) -> None:
-    storage.write_text(storage.join(out_uri, "report.md"), report_markdown(report))
-    storage.write_text(storage.join(out_uri, "predictions.jsonl"), "".join(json.dumps(p) + "\n" for p in predictions))
+def _compatible(data_task: str, model_task: str) -> bool:
+    # one sentiment vocabulary: a post-level model answers aspect rows and back
+    return {data_task, model_task} <= {"msc", "masc"}
+
+
+def _write_outputs(predictor, report, lines, rows, predictions, out_uri: str) -> None:
+    markdown = report_markdown(predictor, report)
+    jsonl = "".join(json.dumps(line, default=str) + "\n" for line in lines)
+    storage.write_text(storage.join(out_uri, "report.md"), markdown)
+    storage.write_text(storage.join(out_uri, "predictions.jsonl"), jsonl)
+    from sentiray.evaluate import plots
+
     with tempfile.TemporaryDirectory() as tmp:
-        fig = plots.confusion(report["label"]["confusion"], report["labels"], f"{report['split']}: label prediction")
-        png = os.path.join(tmp, "confusion.png")
-        fig.savefig(png, dpi=120, bbox_inches="tight")
-        plots.close(fig)
-        storage.write_bytes(storage.join(out_uri, "confusion.png"), open(png, "rb").read())
-        tracking.log_artifact(png, "plots")
-    # report.json last: its presence says the report is complete (`sentiray pipeline` skips on it)
+        for name, fig in predictor.plots(rows, predictions, report).items():
+            png = os.path.join(tmp, name)
+            fig.savefig(png, dpi=120, bbox_inches="tight")
+            plots.close(fig)
+            storage.write_bytes(storage.join(out_uri, name), open(png, "rb").read())
+            tracking.log_artifact(png, "plots")
+    # report.json last: its presence says the report is complete
     storage.write_json(storage.join(out_uri, REPORT), report)
     tracking.log_json(report, "evaluate/report.json")
-    tracking.log_text(report_markdown(report), "evaluate/report.md")
-    tracking.log_text("".join(json.dumps(p) + "\n" for p in predictions[:50]), "evaluate/sample_predictions.jsonl")
+    tracking.log_text(markdown, "evaluate/report.md")
+    tracking.log_text("".join(jsonl.splitlines(keepends=True)[:50]), "evaluate/sample_predictions.jsonl")

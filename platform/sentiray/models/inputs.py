@@ -73,12 +73,16 @@ class PromptEncoder:
         ids = list(self.tokenizer(target, add_special_tokens=False)["input_ids"])
         return ids + [self.eos_id] if add_eos and self.eos_id is not None else ids
 
-    def encode(self, prompt: str, image: Image.Image | None, target: str, max_length: int, add_eos: bool = True) -> Encoded:
-        """Prompt + target; the target is cut (never the prompt's image tokens) to fit max_length."""
+    def encode(self, prompt: str, image: Image.Image | None, target: str, max_length: int | None = None,
+               add_eos: bool = True) -> Encoded:
+        """Prompt + target; with ``max_length`` the target is cut (never the prompt's image
+        tokens) to fit. Training passes None and skips rows that do not fit: a cut target
+        teaches the model to stop mid-answer."""
         enc = self.encode_prompt(prompt, image)
         target_ids = self.target_ids(target, add_eos)
-        room = max(1, max_length - enc.prompt_len)
-        enc.input_ids = enc.input_ids + target_ids[:room]
+        if max_length is not None:
+            target_ids = target_ids[: max(1, max_length - enc.prompt_len)]
+        enc.input_ids = enc.input_ids + target_ids
         return enc
 
     def collate(self, items: Sequence[Encoded], left_pad: bool = False) -> dict[str, torch.Tensor]:

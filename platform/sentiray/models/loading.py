@@ -194,6 +194,18 @@ def load_model(
     return model, processor
 
 
+def load_processor(path_or_uri: str, kind: str = "vlm", trust_remote_code: bool = False) -> Any:
+    """The processor (or tokenizer) of a checkpoint, without its weights."""
+    import transformers
+
+    local = resolve_model_path(path_or_uri)
+    adapter_file = os.path.join(local, ADAPTER_CONFIG_FILE)
+    if not _has_preprocessor(local) and os.path.isfile(adapter_file):
+        local = resolve_model_path(_read_json(adapter_file)["base_model_name_or_path"])
+    with quiet_transformers():
+        return getattr(transformers, KINDS[kind].preprocessor_class).from_pretrained(local, trust_remote_code=trust_remote_code)
+
+
 def load_model_from_config(cfg: ModelConfig, **kw: Any) -> tuple[Any, Any]:
     """:func:`load_model` with the path, kind, dtype and trust_remote_code of a ``ModelConfig``."""
     args = {"kind": cfg.kind, "dtype": cfg.dtype, "trust_remote_code": cfg.trust_remote_code, **kw}

@@ -24,16 +24,12 @@ Three checks, all before Ray starts:
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from sentiray import config as config_mod
 from sentiray.config import ConfigError
 
-FINITE = ("choice", "grid")
-FLOATS = ("uniform", "loguniform")
-INTS = ("randint", "lograndint")
-KINDS = FINITE + FLOATS + INTS
+from sentiray.config.tune import FINITE, FLOATS, INTS, KINDS, check_searcher, check_shape  # noqa: F401 (part of this module's API)
 
 # Fields the sweep sets itself, or that are not training hyperparameters.
 _RESERVED_PREFIXES = ("stage", "name", "storage.", "ray.", "tracking.", "tune.")
@@ -41,53 +37,6 @@ _RESERVED = {
     "train.output": "each trial writes under tune.output/trials/<trial id>",
     "train.epochs": "it is the sweep's time axis: set tune.max_t (ASHA's max_t) instead",
 }
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def check_shape(space: dict[str, Any]) -> None:
-    """Raise ValueError naming the first malformed entry (used by ``TuneConfig``)."""
-    for key, spec in space.items():
-        where = f"{key!r}"
-        if not isinstance(spec, dict) or len(spec) != 1:
-            raise ValueError(f"{where}: must be one of {{{'|'.join(KINDS)}: ...}}, got {spec!r}")
-        (kind, args), = spec.items()
-        if kind not in KINDS:
-            raise ValueError(f"{where}: unknown distribution {kind!r}; known: {list(KINDS)}")
-        if not isinstance(args, list):
-            raise ValueError(f"{where}: {kind} takes a list, got {args!r}")
-        if kind in FINITE:
-            if not args:
-                raise ValueError(f"{where}: {kind} needs at least one value, got an empty list")
-            continue
-        if len(args) != 2 or not all(_is_number(a) for a in args):
-            raise ValueError(f"{where}: {kind} takes [low, high] (two numbers), got {args!r}")
-        low, high = args
-        if kind in INTS and not all(float(a).is_integer() for a in args):
-            raise ValueError(f"{where}: {kind} takes integers, got {args!r}")
-        if low > high:
-            raise ValueError(f"{where}: {kind} low ({low}) > high ({high})")
-        if kind in FLOATS and low == high:
-            raise ValueError(f"{where}: {kind} low == high ({low}): use {{choice: [{low}]}} for a constant")
-        if kind in ("loguniform", "lograndint") and low <= 0:
-            raise ValueError(f"{where}: {kind} needs 0 < low, got low={low}")
-
-
-def check_searcher(space: dict[str, Any], searcher: str) -> None:
-    """Raise ValueError when ``searcher`` cannot sample ``space``."""
-    if searcher == "grid":
-        continuous = [k for k, spec in space.items() if next(iter(spec)) not in FINITE]
-        if continuous:
-            raise ValueError(
-                f"searcher 'grid' needs finite values (choice or grid); {continuous} are ranges: "
-                "list values with grid, or use searcher random or optuna"
-            )
-    if searcher == "optuna":
-        grids = [k for k, spec in space.items() if next(iter(spec)) == "grid"]
-        if grids:
-            raise ValueError(f"searcher 'optuna' samples, it cannot enumerate a grid: use choice for {grids}")
 
 
 def probe_values(spec: dict[str, Any]) -> list[Any]:
@@ -110,7 +59,7 @@ def check_fields(space: dict[str, Any], base_raw: dict[str, Any], source: str = 
             raise ConfigError(f"invalid config {source}: {key!r} cannot be tuned: {_RESERVED[key]}")
         if key.startswith(_RESERVED_PREFIXES) or key in ("stage", "name"):
             raise ConfigError(f"invalid config {source}: {key!r} is not a training hyperparameter; "
-                              "tune fields of data, model, train or distill")
+                              "tune fields of data, model, train, distill or the family's section (mulcot, ...)")
     train_raw = {**base_raw, "stage": "train"}
     train_raw.pop("tune", None)
     for key, spec in space.items():

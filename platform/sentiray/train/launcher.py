@@ -1,7 +1,8 @@
 """Stage ``train``: the Ray Train driver.
 
-Builds a TorchTrainer around :func:`sentiray.train.loop.train_func`, runs it, exports the
-best checkpoint's model to ``train.output/model`` in HF format and registers it in MLflow.
+Builds a TorchTrainer around :func:`sentiray.train.loop.train_func`, runs it, copies the best
+epoch's export (``train.output/best.json`` names it) to ``train.output/model`` and registers it
+in MLflow as a pyfunc of its family.
 
 Idempotent: a finished output (``_SUCCESS.json``) is not retrained; an interrupted run
 resumes from its latest checkpoint when the same command is rerun (Ray Train restores
@@ -18,7 +19,7 @@ from sentiray import config as config_mod
 from sentiray import runtime, tracking
 from sentiray.config import JobConfig
 from sentiray.data import storage
-from sentiray.train import families
+from sentiray import families
 
 SUCCESS = "_SUCCESS.json"
 RUN_NAME = "ray"
@@ -41,6 +42,10 @@ def absolute(cfg: JobConfig) -> JobConfig:
         raw["data"]["input"] = fix(raw["data"].get("input") or raw["data"]["output"])
     if raw.get("distill"):
         raw["distill"]["teacher_path"] = fix(raw["distill"]["teacher_path"])
+    for dotted in families.family_class(cfg.train.family).path_fields:  # e.g. lrsa.vision_model
+        section, key = dotted.split(".", 1)
+        if raw.get(section) and raw[section].get(key):
+            raw[section][key] = fix(raw[section][key])
     raw["storage"]["root"] = fix(".") if not storage.is_remote(cfg.storage.root) else cfg.storage.root
     return config_mod.validate(raw, source="train (resolved)")
 
@@ -77,14 +82,13 @@ def run(cfg: JobConfig) -> dict[str, Any]:
     family.check()  # bad data or settings fail here, before Ray starts
 
     runtime.ensure_ray(cfg.ray)
-    stage_name = f"train-{train.role}"
-    with tracking.stage_run(cfg, stage_name) as run:
+    with tracking.stage_run(cfg, family.run_name()) as run:
         mlflow_info = None
         if run is not None:
             mlflow_info = {"tracking_uri": tracking.tracking_uri(cfg.tracking), "run_id": run.info.run_id}
         summary, _ = fit(cfg, family, mlflow_info)
         if run is not None:
-            _log_results(cfg, summary, run.info.run_id)
+            _log_results(cfg, family, summary, run.info.run_id)
         storage.write_json(done_uri, summary)  # written last: the output is complete
     print(f"train: best {summary['metric']}={summary['best']:.4f}; model at {summary['model']}")
     return summary
@@ -124,11 +128,9 @@ def fit(cfg: JobConfig, family: families.Family, mlflow_info: dict[str, Any] | N
         run_config=RunConfig(
             name=RUN_NAME,
             failure_config=FailureConfig(max_failures=train.max_failures),
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=train.keep_checkpoints,
-                checkpoint_score_attribute=family.metric,
-                checkpoint_score_order=family.mode,
-            ),
+            # The latest checkpoints, for resume only: the best epoch's model is exported by the
+            # loop itself (best.json), so no mid-epoch checkpoint can ever displace it.
+            checkpoint_config=CheckpointConfig(num_to_keep=train.keep_checkpoints),
             worker_runtime_env={"env_vars": _worker_env(train.use_gpu)},
             callbacks=list(callbacks or []),
             **storage_kwargs,
@@ -149,44 +151,40 @@ def _worker_env(use_gpu: bool) -> dict[str, str]:
     return env
 
 
-def _best_export(result, metric: str, mode: str):
-    """The best checkpoint that carries an HF export (epoch ends do)."""
-    candidates = []
-    for checkpoint, metrics in result.best_checkpoints or []:
-        if metric in metrics and metrics.get(metric) is not None:
-            candidates.append((metrics[metric], metrics.get("step", 0), checkpoint, metrics))
-    if not candidates:
-        raise RuntimeError("training produced no evaluated checkpoint")
-    sign = 1 if mode == "max" else -1
-    # best metric first; among equals the later step
-    candidates.sort(key=lambda c: (sign * c[0], c[1]), reverse=True)
-    for value, _, checkpoint, metrics in candidates:
-        with checkpoint.as_directory() as d:
-            if os.path.isdir(os.path.join(d, "hf")):
-                return value, checkpoint, metrics
-    raise RuntimeError("no kept checkpoint carries a model export; raise train.keep_checkpoints")
-
-
 def _finish(cfg: JobConfig, family: families.Family, result, out: str) -> dict[str, Any]:
-    value, checkpoint, metrics = _best_export(result, family.metric, family.mode)
+    from sentiray.train.loop import BEST, EXPORTS
+
+    best_uri = storage.join(out, BEST)
+    if not storage.exists(best_uri):
+        raise RuntimeError(f"training ended without a best epoch export ({best_uri} missing)")
+    best = storage.read_json(best_uri)
     model_uri = storage.join(out, "model")
-    with checkpoint.as_directory() as d:
-        storage.remove(model_uri, recursive=True)
-        storage.upload_dir(os.path.join(d, "hf"), model_uri)
-    summary = {
-        "metric": family.metric,
-        "best": float(value),
-        "best_step": int(metrics.get("step", 0)),
-        "best_epoch": int(metrics.get("epoch", 0)),
-        "final": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
+    storage.remove(model_uri, recursive=True)
+    storage.copy_dir(best["export"], model_uri)
+    storage.remove(storage.join(out, EXPORTS), recursive=True)
+    selection = family.selection()
+    final = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    checkpoint = result.checkpoint.path if result.checkpoint is not None else None
+    return {
+        "metric": selection.metric,
+        "best": float(best["metrics"][selection.metric]),
+        "best_metrics": best["metrics"],
+        "best_step": int(best["step"]),
+        "best_epoch": int(best["epoch"]),
+        "stopped_early": bool(final.get("epoch", cfg.train.epochs) < cfg.train.epochs
+                              and final.get("step", 0) < (cfg.train.max_steps or 10**12)),
+        "final": final,
         "model": model_uri,
-        "checkpoint": checkpoint.path,
+        "checkpoint": checkpoint,
         "registered_model": None,
     }
-    return summary
 
 
-def _log_results(cfg: JobConfig, summary: dict[str, Any], run_id: str) -> None:
+# Step metrics that are not losses (left out of the loss plot).
+_NOT_LOSSES = {"lr", "epoch", "step", "samples_per_s", "rows_skipped"}
+
+
+def _log_results(cfg: JobConfig, family: families.Family, summary: dict[str, Any], run_id: str) -> None:
     import mlflow
 
     from sentiray.evaluate import plots
@@ -194,21 +192,19 @@ def _log_results(cfg: JobConfig, summary: dict[str, Any], run_id: str) -> None:
 
     tracking.log_metrics({f"best_{summary['metric']}": summary["best"], "best_step": summary["best_step"]})
     client = mlflow.MlflowClient()
-    series: dict[str, list[tuple[int, float]]] = {}
-    for key in ("loss", "ce_c", "ce_l", "kl_c", "kl_l"):
-        history = client.get_metric_history(run_id, key)
-        if history:
-            series[key] = [(m.step, m.value) for m in history]
-    if series:
-        fig = plots.curves(series, f"{cfg.train.role} training loss", "loss")
+    keys = sorted(client.get_run(run_id).data.metrics)
+    losses = [k for k in keys if not k.startswith(("dev_", "best_")) and k not in _NOT_LOSSES]
+    series = {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)] for k in losses}
+    if any(series.values()):
+        fig = plots.curves(series, f"{family.run_name()}: training loss", "loss")
         tracking.log_figure(fig, "plots/loss.png")
         plots.close(fig)
-    dev = {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)] for k in ("dev_accuracy", "dev_macro_f1")}
+    dev = {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)] for k in keys if k.startswith("dev_")}
     if any(dev.values()):
-        fig = plots.curves(dev, f"{cfg.train.role} dev metrics", "score")
+        fig = plots.curves(dev, f"{family.run_name()}: dev metrics", "score")
         tracking.log_figure(fig, "plots/dev.png")
         plots.close(fig)
-    name = cfg.train.register_as or f"sentiray-{cfg.train.role}"
-    info = registry.log_model(summary["model"], name="model", kind=cfg.model.kind, registered_name=name)
+    name = cfg.train.register_as or family.registered_name()
+    info = registry.log_model(summary["model"], name="model", registered_name=name)
     summary["registered_model"] = f"models:/{name}/{info.registered_model_version}"
     tracking.log_json(summary, "train/summary.json")

@@ -1,12 +1,25 @@
 """The per-worker training loop, shared by every model family.
 
 Plain PyTorch + DeepSpeed; Ray appears only at the edges (context, checkpoint in,
-``ray.train.report`` out). Every rank makes the same number of ``report`` calls.
+``ray.train.report`` out). Every rank makes the same ``report`` calls and, under ZeRO-3,
+the same forward passes (the dev evaluation pads uneven shards; families keep their
+micro-batches' forward passes equal).
 
-Checkpoint contents (one directory, files from every rank merged by Ray):
-  ``ds/``          DeepSpeed state (model, optimizer and scheduler shards)
-  ``state.json``   epoch, micro-batches done in it, optimizer step, plateau state (rank 0)
-  ``hf/``          the model in Hugging Face format (epoch ends only, rank 0)
+One epoch: the rank's micro-batches (a seeded permutation of the rows, padded by wrapping
+so that every rank has as many), grouped ``train.grad_accum`` at a time into optimizer
+steps; an epoch's last group may be shorter, and its gradient is the mean over the
+micro-batches it has, so every row trains and the schedule's length is the real number of
+steps. At the epoch end: the dev evaluation, the selection key (the family's metric and
+tie-breakers), plateau halving (torch's ReduceLROnPlateau semantics), early stopping, a
+checkpoint, and, when the epoch is the best so far, an export of the model.
+
+Checkpoints (``ray.train.report``, the latest ``train.keep_checkpoints`` kept):
+  ``ds/``          DeepSpeed state (trainable parameters only when the backbone is frozen)
+  ``state.json``   epoch, micro-batches done in it, optimizer step, best key, plateau state
+
+Exports (rank 0, the best epoch only) go to ``train.output/exports/<name>/`` with the
+family's manifest; ``train.output/best.json`` (written after the export, so it always
+names a complete one) says which. A mid-epoch checkpoint never touches either.
 """
 
 from __future__ import annotations
@@ -16,9 +29,10 @@ import math
 import os
 import random
 import resource
+import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -26,9 +40,11 @@ import torch.distributed as dist
 
 from sentiray.config import JobConfig, TrainConfig, validate
 from sentiray.data import storage
-from sentiray.train import deepspeed_config, families
+from sentiray.families.base import Family, Skipped
 
 DS_TAG = "ds"
+BEST = "best.json"
+EXPORTS = "exports"
 
 
 @dataclass
@@ -36,10 +52,17 @@ class LoopState:
     epoch: int = 0
     micro_done: int = 0  # micro-batches of this worker finished in the current epoch
     step: int = 0  # optimizer steps
-    best: float | None = None
-    bad_epochs: int = 0  # epochs without improvement (plateau schedule)
+    best_key: list[float] | None = None  # selection key of the best epoch so far
+    best_epoch: int | None = None
+    bad_epochs: int = 0  # epochs in a row without a better key (early stopping)
+    plateau_best: float | None = None  # ReduceLROnPlateau's state on the primary metric
+    plateau_bad: int = 0
     lr_scale: float = 1.0
+    stopped_early: bool = False
     resumed_from_step: int | None = None
+
+
+# --------------------------------------------------------------------------- the epoch's batches
 
 
 def micro_batches(n_rows: int, rank: int, world: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -56,9 +79,23 @@ def micro_batches(n_rows: int, rank: int, world: int, batch_size: int, seed: int
     return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
 
 
+def steps_in_epoch(n_micro: int, grad_accum: int) -> int:
+    return math.ceil(n_micro / grad_accum)
+
+
+def accumulation(index: int, n_micro: int, grad_accum: int) -> tuple[bool, int]:
+    """(is this micro-batch the last of its optimizer step, micro-batches in that step)."""
+    group = index // grad_accum
+    size = min(grad_accum, n_micro - group * grad_accum)
+    return (index + 1) % grad_accum == 0 or index == n_micro - 1, size
+
+
+# --------------------------------------------------------------------------- schedules
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig, total_steps: int):
-    """Warm-up then constant / linear / cosine decay; 'plateau' is constant here and halved on
-    dev plateaus by the loop (DeepSpeed steps the scheduler every optimizer step)."""
+    """Warm-up then constant / linear / cosine decay; 'plateau' is constant here and scaled
+    on dev plateaus by the loop (DeepSpeed steps the scheduler every optimizer step)."""
     warmup = int(train.warmup_ratio * total_steps)
 
     def factor(step: int) -> float:
@@ -74,12 +111,105 @@ def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig, total_s
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _all_gather_objects(obj: Any, world: int) -> list[Any]:
+def plateau_step(state: LoopState, value: float, mode: str, cfg) -> bool:
+    """torch's ReduceLROnPlateau.step on ``value``: True when the rate is to be reduced.
+
+    Improvement: better than the best by ``threshold`` (relative or absolute); the rate
+    drops once more than ``patience`` epochs in a row brought none, then the count restarts.
+    """
+    best = state.plateau_best
+    if best is None:
+        improved = True
+    elif cfg.threshold_mode == "rel":
+        improved = value > best * (1 + cfg.threshold) if mode == "max" else value < best * (1 - cfg.threshold)
+    else:
+        improved = value > best + cfg.threshold if mode == "max" else value < best - cfg.threshold
+    if improved:
+        state.plateau_best, state.plateau_bad = value, 0
+        return False
+    state.plateau_bad += 1
+    if state.plateau_bad > cfg.patience:
+        state.plateau_bad = 0
+        return True
+    return False
+
+
+def _apply_lr_scale(optimizer, scheduler, base_lrs: list[float], scale: float) -> None:
+    """Scale every group's base rate (plateau), keeping the warm-up/decay factor."""
+    scheduler.base_lrs = [lr * scale for lr in base_lrs]
+    factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+    for group, lr in zip(optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = lr * factor
+
+
+def optimizer_groups(family: Family, model: torch.nn.Module, train: TrainConfig) -> list[dict[str, Any]]:
+    """The family's named parameter groups with lr / weight decay / eps from train.param_groups."""
+    from sentiray.config import ConfigError
+
+    named = family.param_groups(model)
+    unknown = set(train.param_groups) - set(named)
+    if unknown:
+        raise ConfigError(f"train.param_groups: no group {sorted(unknown)} in family {family.name!r}; "
+                          f"its groups: {sorted(named)}")
+    groups = []
+    for name, params in named.items():
+        if not params:
+            continue
+        g = train.param_groups.get(name)
+        groups.append({"params": params, "name": name,
+                       "lr": g.lr if g and g.lr is not None else train.lr,
+                       "weight_decay": g.weight_decay if g and g.weight_decay is not None else train.weight_decay,
+                       "eps": g.eps if g and g.eps is not None else train.eps})
+    return groups
+
+
+# --------------------------------------------------------------------------- across ranks
+
+
+def _all_gather(obj: Any, world: int) -> list[Any]:
     if world == 1 or not dist.is_initialized():
         return [obj]
     out: list[Any] = [None] * world
     dist.all_gather_object(out, obj)
     return out
+
+
+def _mean_over_ranks(window: list[dict[str, float]], world: int) -> dict[str, float]:
+    """The mean of each logged part over the window's steps and over every rank."""
+    sums: dict[str, list[float]] = {}
+    for rank_parts in _all_gather(window, world):
+        for parts in rank_parts:
+            for k, v in parts.items():
+                sums.setdefault(k, []).append(v)
+    return {k: sum(v) / len(v) for k, v in sums.items()}
+
+
+def evaluate_dev(family: Family, model: torch.nn.Module, rows: list[dict[str, Any]], rank: int, world: int,
+                 batch_size: int) -> dict[str, float]:
+    """Dev metrics over every rank's share of ``rows``.
+
+    Each rank predicts rows ``rank::world``, padded with repeats so that all ranks run the
+    same number of equally sized batches (ZeRO-3 gathers parameters collectively: a rank with
+    one batch more would wait forever); the padding's predictions are dropped.
+    """
+    per_rank = math.ceil(len(rows) / world)
+    mine = list(range(rank, len(rows), world))
+    padded = mine + [mine[0] if mine else 0] * (per_rank - len(mine))
+    predictor = family.predictor(model)
+    preds: dict[int, dict[str, Any]] = {}
+    for start in range(0, per_rank, batch_size):
+        idx = padded[start : start + batch_size]
+        for i, p in zip(idx, predictor.predict([rows[i] for i in idx])):
+            preds.setdefault(i, p)
+    combined: dict[int, dict[str, Any]] = {}
+    for part in _all_gather({i: preds[i] for i in mine}, world):
+        combined.update(part)
+    order = sorted(combined)
+    metrics = predictor.metrics([rows[i] for i in order], [combined[i] for i in order])
+    return {f"dev_{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+# --------------------------------------------------------------------------- MLflow (rank 0)
 
 
 class _MlflowSink:
@@ -99,7 +229,8 @@ class _MlflowSink:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
         if items:
             self.client.log_batch(self.run_id, metrics=items)
 
@@ -115,10 +246,37 @@ def _maybe_inject_fault(train: TrainConfig, step: int, rank: int, world: int) ->
     raise RuntimeError(f"injected fault at optimizer step {step} (train.inject_fault_at_step)")
 
 
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class _Run:
+    """What one worker holds during training."""
+
+    job: JobConfig
+    family: Family
+    engine: Any
+    optimizer: Any
+    scheduler: Any
+    base_lrs: list[float]
+    rank: int
+    world: int
+    train_rows: list[dict[str, Any]]
+    dev_rows: list[dict[str, Any]]
+    total_steps: int
+    sink: _MlflowSink
+    state: LoopState = field(default_factory=LoopState)
+    skipped: Skipped = field(default_factory=Skipped)
+    counting_epoch: int = 0  # skipped rows are counted (and reported) in the first epoch this attempt trains
+    start_time: float = field(default_factory=time.perf_counter)
+
+
 def train_func(config: dict[str, Any]) -> None:
     """Ray Train entry point; ``config`` = {"job": JobConfig dict, "mlflow": {...} | None}."""
-    import deepspeed
     import ray.train
+
+    from sentiray import families
+    from sentiray.data import schema
 
     job: JobConfig = validate(config["job"], source="train worker")
     train = job.train
@@ -126,148 +284,245 @@ def train_func(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(train.seed)
     family = families.create(job)
-    train_rows = family.load_rows("train")
-    dev_rows = family.load_rows("dev")
-    model = family.build_model()
+    columns = list(family.columns) if family.columns else None
+    train_rows = schema.read_rows(family.data_uri(), "train", columns)
+    dev_rows = schema.read_rows(family.data_uri(), "dev", columns)
+    run = _setup(job, family, rank, world, train_rows, dev_rows, config.get("mlflow"))
+    _resume(run, ray.train.get_checkpoint())
+    while run.state.epoch < train.epochs and not _finished(run):
+        _train_epoch(run)
+        _end_epoch(run)
 
-    batches_per_epoch = len(micro_batches(len(train_rows), rank, world, train.batch_size, train.seed, 0))
-    steps_per_epoch = max(1, batches_per_epoch // train.grad_accum)
-    total_steps = train.max_steps or steps_per_epoch * train.epochs
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay, eps=1e-8)
+
+def _setup(job, family, rank, world, train_rows, dev_rows, mlflow_info) -> _Run:
+    import deepspeed
+
+    from sentiray.train import deepspeed_config
+
+    train = job.train
+    model = family.build_model()
+    n_micro = len(micro_batches(len(train_rows), rank, world, train.batch_size, train.seed, 0))
+    per_epoch = steps_in_epoch(n_micro, train.grad_accum)
+    total_steps = min(train.max_steps, per_epoch * train.epochs) if train.max_steps else per_epoch * train.epochs
+    groups = optimizer_groups(family, model, train)
+    optimizer = torch.optim.AdamW(groups)
     scheduler = make_scheduler(optimizer, train, total_steps)
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler,
         config=deepspeed_config.build(train, world), dist_init_required=False,
     )
+    if rank == 0:
+        from sentiray.models.loading import count_parameters
 
-    state = LoopState()
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            engine.load_checkpoint(os.path.join(d, DS_TAG), tag=DS_TAG)
-            with open(os.path.join(d, "state.json")) as f:
-                state = LoopState(**json.load(f))
-        state.resumed_from_step = state.step
-        if rank == 0:
-            print(f"[train] resumed from step {state.step} (epoch {state.epoch}, micro-batch {state.micro_done})")
+        trainable, total = count_parameters(engine.module)
+        print(f"[train] {family.name}: {trainable:,d} trainable / {total - trainable:,d} frozen parameters; "
+              f"{len(train_rows)} train rows, {n_micro} micro-batches x {world} worker(s) per epoch, "
+              f"{per_epoch} optimizer steps per epoch, {total_steps} in all", flush=True)
+    return _Run(job, family, engine, optimizer, scheduler, [g["lr"] for g in groups], rank, world,
+                train_rows, dev_rows, total_steps, _MlflowSink(mlflow_info, rank))
 
-    sink = _MlflowSink(config.get("mlflow"), rank)
-    metric_name = family.metric
-    start_time = time.perf_counter()
-    done = state.step >= total_steps
+
+def _resume(run: _Run, checkpoint) -> None:
+    if checkpoint is None:
+        return
+    with checkpoint.as_directory() as d:
+        run.engine.load_checkpoint(os.path.join(d, DS_TAG), tag=DS_TAG,
+                                   load_module_strict=not run.family.frozen_backbone)
+        with open(os.path.join(d, "state.json")) as f:
+            run.state = LoopState(**json.load(f))
+    run.state.resumed_from_step = run.state.step
+    run.counting_epoch = run.state.epoch
+    # A crash between a best export and its checkpoint: best.json names a better epoch than
+    # the checkpoint knows; keep comparing against it.
+    best_uri = storage.join(run.job.train.output, BEST)
+    if storage.exists(best_uri):
+        recorded = storage.read_json(best_uri).get("key")
+        if recorded is not None and (run.state.best_key is None or tuple(recorded) > tuple(run.state.best_key)):
+            run.state.best_key = recorded
+    if run.rank == 0:
+        s = run.state
+        print(f"[train] resumed from step {s.step} (epoch {s.epoch}, micro-batch {s.micro_done})", flush=True)
+
+
+def _finished(run: _Run) -> bool:
+    return run.state.step >= run.total_steps or run.state.stopped_early
+
+
+def _examples(run: _Run, indices: list[int]) -> list[dict[str, Any]]:
+    """The transformed rows of one micro-batch; rows a family cannot train on are counted."""
+    out = []
+    for i in indices:
+        example = run.family.transform(run.train_rows[i])
+        if "skip" in example:
+            if run.state.epoch == run.counting_epoch:
+                run.skipped.add(example["skip"], example.get("id"))
+            continue
+        out.append(example)
+    return out
+
+
+def _train_epoch(run: _Run) -> None:
+    train, state, engine = run.job.train, run.state, run.engine
+    batches = micro_batches(len(run.train_rows), run.rank, run.world, train.batch_size, train.seed, state.epoch)
+    engine.train()
     window: list[dict[str, float]] = []
-
-    while state.epoch < train.epochs and not done:
-        batches = micro_batches(len(train_rows), rank, world, train.batch_size, train.seed, state.epoch)
-        engine.train()
-        for index in range(state.micro_done, len(batches)):
-            loss, parts = family.loss(engine, family.collate([train_rows[i] for i in batches[index]]))
-            engine.backward(loss)
-            boundary = engine.is_gradient_accumulation_boundary()
-            engine.step()
-            state.micro_done = index + 1
-            window.append(parts)
-            if not boundary:
-                continue
-            state.step += 1
-            _maybe_inject_fault(train, state.step, rank, world)
-            if state.step % train.log_every == 0 or state.step == total_steps:
-                metrics = _mean(window) | {"lr": optimizer.param_groups[0]["lr"], "epoch": state.epoch}
-                metrics["samples_per_s"] = (state.step - (state.resumed_from_step or 0)) * train.batch_size * train.grad_accum * world / (time.perf_counter() - start_time)
-                window = []
-                sink.log(metrics, state.step)
-                if rank == 0:
-                    eta = (total_steps - state.step) * (time.perf_counter() - start_time) / max(1, state.step - (state.resumed_from_step or 0))
-                    print(f"[train] step {state.step}/{total_steps} loss {metrics['loss']:.4f} "
-                          f"lr {metrics['lr']:.2e} {metrics['samples_per_s']:.1f} samples/s ETA {eta:.0f}s")
-                ray.train.report({"step": state.step, "epoch": state.epoch, **{k: v for k, v in metrics.items()}})
-            if train.checkpoint_every and state.step % train.checkpoint_every == 0 and state.step < total_steps:
-                _save(engine, family, state, rank, {"step": state.step, "epoch": state.epoch,
-                                                    metric_name: state.best if state.best is not None else _worst(family)},
-                      export=False)
-            if state.step >= total_steps:
-                done = True
-                break
-        # epoch end (also when max_steps ended it early): dev metrics, plateau, checkpoint
-        combined = _combine([family.evaluate(engine.module, dev_rows[rank::world])], world)
-        dev = family.summarize(combined)
-        improved = state.best is None or (dev[metric_name] > state.best if family.mode == "max" else dev[metric_name] < state.best)
-        if improved:
-            state.best, state.bad_epochs = dev[metric_name], 0
-        else:
-            state.bad_epochs += 1
-            if train.scheduler == "plateau" and state.bad_epochs >= 2:  # patience 2, floor 1e-6 (method.md)
-                state.lr_scale = max(state.lr_scale * 0.5, 1e-6 / train.lr)
-                state.bad_epochs = 0
-                _set_lr_scale(optimizer, scheduler, train.lr, state.lr_scale)
-        state.epoch += 1
-        state.micro_done = 0
-        sink.log(dev | {"epoch": state.epoch}, state.step)
-        if rank == 0:
-            print(f"[train] epoch {state.epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in dev.items()))
-        trained = (state.step - (state.resumed_from_step or 0)) * train.batch_size * train.grad_accum * world
-        _save(engine, family, state, rank, {
-            "step": state.step, "epoch": state.epoch, **dev,
-            "resumed_from_step": state.resumed_from_step if state.resumed_from_step is not None else -1,
-            "samples_per_s": trained / (time.perf_counter() - start_time),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        }, export=True)
+    fallback: list[dict[str, Any]] | None = None
+    for index in range(state.micro_done, len(batches)):
+        boundary, group_size = accumulation(index, len(batches), train.grad_accum)
+        examples = _examples(run, batches[index])
+        weight = 1.0
+        if not examples:  # every row skipped: run the last good batch at weight 0 (equal forwards)
+            examples, weight = fallback or _first_trainable(run), 0.0
+        fallback = examples
+        engine.set_gradient_accumulation_boundary(boundary)
+        loss, parts = run.family.loss(engine, run.family.collate(examples))
+        # The mean over the step's micro-batches, however many the step has.
+        engine.backward(loss * (weight / group_size), scale_wrt_gas=False)
+        engine.step()
+        state.micro_done = index + 1
+        window.append(parts)
+        if not boundary:
+            continue
+        state.step += 1
+        _maybe_inject_fault(train, state.step, run.rank, run.world)
+        if state.step % train.log_every == 0 or state.step == run.total_steps:
+            _log_steps(run, window)
+            window = []
+        if train.checkpoint_every and state.step % train.checkpoint_every == 0 and state.step < run.total_steps:
+            _save(run, {"step": state.step, "epoch": state.epoch})
+        if state.step >= run.total_steps:
+            break
 
 
-def _worst(family: families.Family) -> float:
-    return -1e9 if family.mode == "max" else 1e9
+def _first_trainable(run: _Run) -> list[dict[str, Any]]:
+    for row in run.train_rows:
+        example = run.family.transform(row)
+        if "skip" not in example:
+            return [example]
+    from sentiray.data.schema import DataError
+
+    raise DataError(f"no train row of {run.family.data_uri()} can be trained on: {run.skipped.counts}")
 
 
-def _mean(window: list[dict[str, float]]) -> dict[str, float]:
-    keys = {k for parts in window for k in parts}
-    return {k: sum(p[k] for p in window if k in p) / sum(1 for p in window if k in p) for k in keys}
+def _log_steps(run: _Run, window: list[dict[str, float]]) -> None:
+    import ray.train
+
+    state, train = run.state, run.job.train
+    metrics = _mean_over_ranks(window, run.world)
+    metrics.update(lr=run.optimizer.param_groups[0]["lr"], epoch=state.epoch)
+    elapsed = time.perf_counter() - run.start_time
+    done = state.step - (state.resumed_from_step or 0)
+    metrics["samples_per_s"] = done * train.batch_size * train.grad_accum * run.world / elapsed
+    run.sink.log(metrics, state.step)
+    if run.rank == 0:
+        eta = (run.total_steps - state.step) * elapsed / max(1, done)
+        print(f"[train] step {state.step}/{run.total_steps} loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
+              f"{metrics['samples_per_s']:.1f} samples/s ETA {eta:.0f}s", flush=True)
+    ray.train.report({"step": state.step, "epoch": state.epoch, **metrics})
 
 
-def _combine(results: list[dict[str, Any]], world: int) -> dict[str, Any]:
-    """Add up the evaluation sums of every worker (lists are concatenated)."""
-    gathered = _all_gather_objects(results[0], world)
-    combined: dict[str, Any] = {}
-    for part in gathered:
-        for key, value in part.items():
-            if isinstance(value, list):
-                combined.setdefault(key, []).extend(value)
-            else:
-                combined[key] = combined.get(key, 0) + value
-    return combined
+def _end_epoch(run: _Run) -> None:
+    """Dev metrics, best export, plateau, early stopping, checkpoint (also when max_steps ended
+    the epoch early)."""
+    train, state, family = run.job.train, run.state, run.family
+    dev = evaluate_dev(family, run.engine.module, run.dev_rows, run.rank, run.world, train.eval_batch_size)
+    selection = family.selection()
+    state.epoch += 1
+    state.micro_done = 0
+    is_best = selection.better(dev, state.best_key)
+    if is_best:
+        state.best_key, state.best_epoch, state.bad_epochs = list(selection.key(dev)), state.epoch, 0
+        _export_best(run, dev)
+    else:
+        state.bad_epochs += 1
+    if train.scheduler == "plateau" and plateau_step(state, dev[selection.metric], selection.mode, train.plateau):
+        floor = train.plateau.min_lr / max(run.base_lrs)
+        state.lr_scale = max(state.lr_scale * train.plateau.factor, floor)
+        _apply_lr_scale(run.optimizer, run.scheduler, run.base_lrs, state.lr_scale)
+    if train.early_stopping_patience and state.bad_epochs >= train.early_stopping_patience:
+        state.stopped_early = True
+    skipped = _skipped_report(run) if state.epoch - 1 == run.counting_epoch else {}
+    run.sink.log({**dev, "epoch": state.epoch, **skipped}, state.step)
+    if run.rank == 0:
+        marks = " (best)" if is_best else ""
+        marks += "; stopping early" if state.stopped_early else ""
+        print(f"[train] epoch {state.epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in dev.items()) + marks, flush=True)
+    trained = (state.step - (state.resumed_from_step or 0)) * train.batch_size * train.grad_accum * run.world
+    _save(run, {
+        "step": state.step, "epoch": state.epoch, **dev, "is_best": is_best,
+        "best_epoch": state.best_epoch,
+        "resumed_from_step": state.resumed_from_step if state.resumed_from_step is not None else -1,
+        "samples_per_s": trained / (time.perf_counter() - run.start_time),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    })
 
 
-def _set_lr_scale(optimizer, scheduler, base_lr: float, scale: float) -> None:
-    """Scale the base learning rate (plateau halving), keeping the warm-up/decay factor."""
-    scheduler.base_lrs = [base_lr * scale for _ in optimizer.param_groups]
-    factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
-    for group in optimizer.param_groups:
-        group["lr"] = base_lr * scale * factor
+def _skipped_report(run: _Run) -> dict[str, float]:
+    """Rows left out of training (summed over ranks), printed once with a few ids."""
+    counts: dict[str, int] = {}
+    examples: dict[str, list[str]] = {}
+    for part in _all_gather(asdict(run.skipped), run.world):
+        for reason, n in part["counts"].items():
+            counts[reason] = counts.get(reason, 0) + n
+            examples.setdefault(reason, []).extend(part["examples"].get(reason, []))
+    if counts and run.rank == 0:
+        for reason, n in counts.items():
+            print(f"[train] warning: {n} train row(s) skipped: {reason} (e.g. {', '.join(examples[reason][:3])})", flush=True)
+    run.skipped = Skipped()
+    return {"rows_skipped": float(sum(counts.values()))}
 
 
-def _save(engine, family: families.Family, state: LoopState, rank: int, metrics: dict[str, Any], export: bool) -> None:
-    """Every rank writes its DeepSpeed shards; rank 0 adds the loop state and the HF export."""
+# --------------------------------------------------------------------------- checkpoints and exports
+
+
+def _save(run: _Run, metrics: dict[str, Any]) -> None:
+    """Every rank writes its DeepSpeed shards; rank 0 adds the loop state."""
     import ray.train
     from ray.train import Checkpoint
 
     with tempfile.TemporaryDirectory(prefix="sentiray-ckpt-") as tmp:
-        engine.save_checkpoint(os.path.join(tmp, DS_TAG), tag=DS_TAG)
-        if export:
-            _export_hf(engine, family, os.path.join(tmp, "hf"), rank)
-        if rank == 0:
+        run.engine.save_checkpoint(os.path.join(tmp, DS_TAG), tag=DS_TAG,
+                                   exclude_frozen_parameters=run.family.frozen_backbone)
+        if run.rank == 0:
             with open(os.path.join(tmp, "state.json"), "w") as f:
-                json.dump(asdict(state), f)
+                json.dump(asdict(run.state), f)
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
 
 
-def _export_hf(engine, family: families.Family, out_dir: str, rank: int) -> None:
-    """Under ZeRO-3 the weights are sharded: gather them on every rank, save on rank 0."""
-    zero3 = engine.zero_optimization_stage() == 3
-    if zero3:
+def _export_best(run: _Run, dev: dict[str, float]) -> None:
+    """Write the model of a new best epoch; under ZeRO-3 every rank gathers, rank 0 writes."""
+    engine, family = run.engine, run.family
+    if engine.zero_optimization_stage() == 3:
         import deepspeed
 
-        with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
-            if rank == 0:
-                family.export(engine.module, out_dir)
-    elif rank == 0:
-        family.export(engine.module, out_dir)
+        with deepspeed.zero.GatheredParameters(family.export_parameters(engine.module), modifier_rank=None):
+            if run.rank == 0:
+                _write_export(run, dev)
+    elif run.rank == 0:
+        _write_export(run, dev)
+    if dist.is_initialized() and run.world > 1:
+        dist.barrier()  # the export exists before any rank reports this epoch
+
+
+def _write_export(run: _Run, dev: dict[str, float]) -> None:
+    from sentiray import families
+
+    out = run.job.train.output
+    state = run.state
+    name = f"epoch-{state.epoch:03d}-step-{state.step:06d}"
+    uri = storage.join(out, EXPORTS, name)
+    tmp = tempfile.mkdtemp(prefix="sentiray-export-")
+    try:
+        run.family.export(run.engine.module, tmp)
+        families.write_manifest(tmp, {**run.family.manifest(), "epoch": state.epoch, "step": state.step,
+                                      "dev": dev}, type(run.family))
+        storage.remove(uri, recursive=True)
+        storage.upload_dir(tmp, uri)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    best_uri = storage.join(out, BEST)
+    previous = storage.read_json(best_uri).get("export") if storage.exists(best_uri) else None
+    storage.write_json(best_uri, {"export": uri, "epoch": state.epoch, "step": state.step, "metrics": dev,
+                                  "key": state.best_key, "selection": [list(k) for k in run.family.selection().keys]})
+    if previous and previous != uri:
+        storage.remove(previous, recursive=True)
