@@ -6,7 +6,8 @@ name. Adding one is a new module plus its config section and its jobs/, serve/, 
 files; the loop, the stages and the server call it through :mod:`sentiray.families.base`.
 
 Entries are ``"module:Class"`` strings, imported lazily so that a family's heavy imports
-stay its own; :func:`register` adds one (a plugin, or a test's own family).
+stay its own; :func:`register` adds one, and ``train.family`` may also name any
+``"module:Class"`` directly (a plugin package, or a test's own family).
 """
 
 from __future__ import annotations
@@ -44,9 +45,15 @@ def _import(target: str) -> Any:
 
 
 def family_class(name: str) -> type[Family]:
-    if name not in _FAMILIES:
-        raise ConfigError(f"train.family: unknown family {name!r}; known: {names()}")
-    return _import(_FAMILIES[name])
+    """A registered family, or any ``"package.module:Class"`` importable here and on the workers."""
+    if name in _FAMILIES:
+        return _import(_FAMILIES[name])
+    if ":" in name:
+        try:
+            return _import(name)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"train.family: cannot import {name!r} ({exc})") from None
+    raise ConfigError(f"train.family: unknown family {name!r}; known: {names()} (or give 'module:Class')")
 
 
 def create(job: JobConfig) -> Family:
