@@ -28,7 +28,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "platform"))
 
 from sentiray import config, stages  # noqa: E402
 from sentiray.data.prepare import run as prepare  # noqa: E402
-from sentiray.train import families  # noqa: E402
+from sentiray import families  # noqa: E402
+from sentiray.data import schema  # noqa: E402
 
 
 def build_model(root: str, hidden: int, layers: int) -> str:
@@ -61,7 +62,8 @@ def job(root: str, model: str, steps: int, batch: int, workers: int, zero: int, 
         "tracking": {"enabled": True, "experiment": "bench-train", "run_name": name},
         "data": {"format": "canonical", "input": "data"},
         "model": {"path": model, "kind": "vlm"},
-        "train": {"role": "assistant", "output": f"out/{name}", "chain_column": "gold_chain", "epochs": 1000,
+        "mulcot": {"role": "assistant", "chain_column": "gold_chain"},
+        "train": {"output": f"out/{name}", "epochs": 1000,
                   "max_steps": steps, "batch_size": batch, "num_workers": workers, "zero_stage": zero,
                   "log_every": steps, "lr": 1e-3, "scheduler": "constant", "keep_checkpoints": 1},
     })
@@ -72,13 +74,13 @@ def plain_loop(cfg: config.JobConfig, steps: int, threads: int) -> tuple[float, 
     on ``threads`` torch threads (a Ray Train worker with one CPU runs with one: OMP_NUM_THREADS=1)."""
     torch.set_num_threads(threads)
     family = families.create(cfg)
-    rows = family.load_rows("train")
+    rows = schema.read_rows(family.data_uri(), "train")
     model = family.build_model().train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
     batch = cfg.train.batch_size
     start = time.perf_counter()
     for step in range(steps):
-        chunk = [rows[(step * batch + i) % len(rows)] for i in range(batch)]
+        chunk = [family.transform(rows[(step * batch + i) % len(rows)]) for i in range(batch)]
         loss, _ = family.loss(model, family.collate(chunk))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -35,7 +35,9 @@ def job(ws, **overrides) -> config.JobConfig:
         "data": {"format": "canonical", "input": "data/msc"},
         "model": {"path": ws["models"]["vlm"], "kind": "vlm"},
         "mulcot": {"role": "assistant", "chain_column": "gold_chain"},
-        "train": {"output": "ckpt/assistant", "epochs": 5,
+        # 8 epochs: a 2-layer tiny model needs 4-5 before the label "clicks" (the label is one token
+        # of each target), and the moment moves with the random init, i.e. with the tokenizer.
+        "train": {"output": "ckpt/assistant", "epochs": 8,
                   "lr": 5e-3, "batch_size": 8, "num_workers": 2, "zero_stage": 2, "log_every": 2},
     }
     return config.validate(config.apply_overrides(raw, [f"{k}={v}" for k, v in overrides.items()]))
@@ -64,7 +66,7 @@ def test_assistant_zero2_learns(workspace, assistant):
     assert len(losses) >= 10
     assert losses[-1] < 0.5 * losses[0], losses
     acc = history(store, run.info.run_id, "dev_accuracy")
-    assert len(acc) == 5  # one dev evaluation per epoch
+    assert len(acc) == 8  # one dev evaluation per epoch
     assert assistant["best"] == max(acc)
     assert assistant["best"] > 0.5  # three classes: chance is 1/3
     # the exported model is HF format, registered, and predicts
@@ -84,7 +86,7 @@ def test_student_zero3_distills_from_assistant(workspace, assistant):
     summary = stages.run_stage(job(
         workspace, **{"mulcot.role": "student", "train.output": "ckpt/student", "model.path": workspace["student"],
                       "train.zero_stage": 3, "distill.teacher_path": assistant["model"], "distill.lambda_kd": 0.3,
-                      "distill.tau": 2.0, "train.epochs": 6}))
+                      "distill.tau": 2.0, "train.epochs": 8}))
     store = workspace["store"]
     run = stage_runs(store, "train-student")[0]
     kl = history(store, run.info.run_id, "kl_l")

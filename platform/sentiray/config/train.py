@@ -57,6 +57,13 @@ class TrainConfig(Section):
     param_groups: dict[str, GroupConfig] = Field(
         default_factory=dict, description="Per parameter group of the family (e.g. lrsa: encoders, new): lr, weight_decay, eps.")
     batch_size: int = Field(4, gt=0, description="Micro-batch per worker.")
+    stream: bool = Field(
+        True, description="Stream the train split through Ray Data (transform in Ray Data actors, each worker its "
+                          "shard); false: every worker loads the whole split into memory.")
+    data_workers: int = Field(1, gt=0, description="stream: Ray Data actors running the family's row transform.")
+    data_cpus: float = Field(0.25, ge=0, description="stream: CPUs reserved per transform actor.")
+    shuffle_buffer: int = Field(256, ge=0, description="stream: rows of the seeded per-epoch local shuffle (0: none).")
+    prefetch_batches: int = Field(2, ge=0, description="stream: micro-batches prepared ahead of the step loop.")
     eval_batch_size: int = Field(16, gt=0, description="Rows per prediction batch in the dev evaluation.")
     grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step (an epoch's last step may take fewer).")
     grad_clip: float | None = Field(1.0, gt=0)

@@ -12,7 +12,9 @@ the run named ``ray`` under ``train.output``), and from worker failures within a
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from typing import Any, Callable
 
 from sentiray import config as config_mod
@@ -116,9 +118,15 @@ def fit(cfg: JobConfig, family: families.Family, mlflow_info: dict[str, Any] | N
         storage_kwargs = {"storage_path": path, "storage_filesystem": fs}
     else:
         storage_kwargs = {"storage_path": out}
+    streamed = {}
+    if train.stream:
+        from sentiray.train import data
+
+        streamed = {"datasets": {data.DATASET: data.train_dataset(cfg, family)}, "dataset_config": data.dataset_config()}
     trainer = TorchTrainer(
         train_loop or train_func,
         train_loop_config={"job": cfg.model_dump(mode="json"), "mlflow": mlflow_info},
+        **streamed,
         scaling_config=ScalingConfig(
             num_workers=train.num_workers,
             use_gpu=train.use_gpu,
@@ -136,10 +144,54 @@ def fit(cfg: JobConfig, family: families.Family, mlflow_info: dict[str, Any] | N
             **storage_kwargs,
         ),
     )
-    result = trainer.fit()
+    with _progress_bar(out, family.run_name()):
+        result = trainer.fit()
     if result.error:
         raise result.error
     return _finish(cfg, family, result, out), result
+
+
+@contextlib.contextmanager
+def _progress_bar(out: str, name: str):
+    """While training runs: a bar on the terminal fed by rank 0's progress file (quiet mode
+    only; otherwise the workers' own step lines show the progress)."""
+    from sentiray import console
+    from sentiray.train.loop import PROGRESS
+
+    if not console.is_quiet():
+        yield
+        return
+    uri = storage.join(out, PROGRESS)
+    storage.remove(uri)
+    stop = threading.Event()
+
+    def poll() -> None:
+        bar = None
+        while True:
+            stopping = stop.wait(1.0)
+            try:
+                p = storage.read_json(uri)
+            except (FileNotFoundError, ValueError):
+                p = None
+            if p is not None:
+                if bar is None:
+                    bar = console.progress(p["total"], name, unit="step")
+                bar.n = p["step"]
+                dev = "".join(f", {k} {v:.3f}" for k, v in (p.get("dev") or {}).items())
+                bar.set_postfix_str(f"epoch {p['epoch'] + 1}, loss {p['loss']:.3f}, "
+                                    f"{p['samples_per_s']:.1f} samples/s{dev}")
+            if stopping:
+                break
+        if bar is not None:
+            bar.close()
+
+    thread = threading.Thread(target=poll, name="sentiray-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def _worker_env(use_gpu: bool) -> dict[str, str]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import resource
 import shutil
 import tempfile
@@ -41,10 +40,12 @@ import torch.distributed as dist
 from sentiray.config import JobConfig, TrainConfig, validate
 from sentiray.data import storage
 from sentiray.families.base import Family, Skipped
+from sentiray.train.data import micro_batches, worker_rows  # noqa: F401 (micro_batches: part of the loop's API)
 
 DS_TAG = "ds"
 BEST = "best.json"
 EXPORTS = "exports"
+PROGRESS = "_progress.json"  # rank 0's latest step, for the driver's progress bar
 
 
 @dataclass
@@ -62,21 +63,7 @@ class LoopState:
     resumed_from_step: int | None = None
 
 
-# --------------------------------------------------------------------------- the epoch's batches
-
-
-def micro_batches(n_rows: int, rank: int, world: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """This rank's micro-batches of row indices for one epoch.
-
-    A seeded permutation per epoch, padded by wrapping so every rank gets the same number
-    of micro-batches (ranks must step together), then strided by rank.
-    """
-    order = list(range(n_rows))
-    random.Random(seed * 1000 + epoch).shuffle(order)
-    per_rank = math.ceil(n_rows / world)
-    order = (order * (world + 1))[: per_rank * world]
-    mine = order[rank::world]
-    return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+# --------------------------------------------------------------------------- the epoch's steps
 
 
 def steps_in_epoch(n_micro: int, grad_accum: int) -> int:
@@ -261,13 +248,15 @@ class _Run:
     base_lrs: list[float]
     rank: int
     world: int
-    train_rows: list[dict[str, Any]]
+    rows: Any  # sentiray.train.data.StreamedRows | InMemoryRows
     dev_rows: list[dict[str, Any]]
     total_steps: int
     sink: _MlflowSink
     state: LoopState = field(default_factory=LoopState)
     skipped: Skipped = field(default_factory=Skipped)
     counting_epoch: int = 0  # skipped rows are counted (and reported) in the first epoch this attempt trains
+    n_micro: int = 0  # micro-batches per epoch, the same on every rank
+    last_dev: dict[str, float] = field(default_factory=dict)  # the last epoch's primary dev metric
     start_time: float = field(default_factory=time.perf_counter)
 
 
@@ -285,23 +274,22 @@ def train_func(config: dict[str, Any]) -> None:
     torch.manual_seed(train.seed)
     family = families.create(job)
     columns = list(family.columns) if family.columns else None
-    train_rows = schema.read_rows(family.data_uri(), "train", columns)
-    dev_rows = schema.read_rows(family.data_uri(), "dev", columns)
-    run = _setup(job, family, rank, world, train_rows, dev_rows, config.get("mlflow"))
+    dev_rows = schema.read_rows(family.data_uri(), "dev", columns)  # small: in memory
+    run = _setup(job, family, rank, world, worker_rows(family, rank, world), dev_rows, config.get("mlflow"))
     _resume(run, ray.train.get_checkpoint())
     while run.state.epoch < train.epochs and not _finished(run):
         _train_epoch(run)
         _end_epoch(run)
 
 
-def _setup(job, family, rank, world, train_rows, dev_rows, mlflow_info) -> _Run:
+def _setup(job, family, rank, world, rows, dev_rows, mlflow_info) -> _Run:
     import deepspeed
 
     from sentiray.train import deepspeed_config
 
     train = job.train
     model = family.build_model()
-    n_micro = len(micro_batches(len(train_rows), rank, world, train.batch_size, train.seed, 0))
+    n_micro = rows.n_micro()
     per_epoch = steps_in_epoch(n_micro, train.grad_accum)
     total_steps = min(train.max_steps, per_epoch * train.epochs) if train.max_steps else per_epoch * train.epochs
     groups = optimizer_groups(family, model, train)
@@ -316,10 +304,11 @@ def _setup(job, family, rank, world, train_rows, dev_rows, mlflow_info) -> _Run:
 
         trainable, total = count_parameters(engine.module)
         print(f"[train] {family.name}: {trainable:,d} trainable / {total - trainable:,d} frozen parameters; "
-              f"{len(train_rows)} train rows, {n_micro} micro-batches x {world} worker(s) per epoch, "
+              f"{rows.n_rows} train rows ({'streamed' if train.stream else 'in memory'}), "
+              f"{n_micro} micro-batches x {world} worker(s) per epoch, "
               f"{per_epoch} optimizer steps per epoch, {total_steps} in all", flush=True)
     return _Run(job, family, engine, optimizer, scheduler, [g["lr"] for g in groups], rank, world,
-                train_rows, dev_rows, total_steps, _MlflowSink(mlflow_info, rank))
+                rows, dev_rows, total_steps, _MlflowSink(mlflow_info, rank), n_micro=n_micro)
 
 
 def _resume(run: _Run, checkpoint) -> None:
@@ -348,11 +337,10 @@ def _finished(run: _Run) -> bool:
     return run.state.step >= run.total_steps or run.state.stopped_early
 
 
-def _examples(run: _Run, indices: list[int]) -> list[dict[str, Any]]:
-    """The transformed rows of one micro-batch; rows a family cannot train on are counted."""
+def _trainable(run: _Run, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The examples of one micro-batch that train; the rows a family cannot train on are counted."""
     out = []
-    for i in indices:
-        example = run.family.transform(run.train_rows[i])
+    for example in examples:
         if "skip" in example:
             if run.state.epoch == run.counting_epoch:
                 run.skipped.add(example["skip"], example.get("id"))
@@ -363,13 +351,14 @@ def _examples(run: _Run, indices: list[int]) -> list[dict[str, Any]]:
 
 def _train_epoch(run: _Run) -> None:
     train, state, engine = run.job.train, run.state, run.engine
-    batches = micro_batches(len(run.train_rows), run.rank, run.world, train.batch_size, train.seed, state.epoch)
     engine.train()
     window: list[dict[str, float]] = []
     fallback: list[dict[str, Any]] | None = None
-    for index in range(state.micro_done, len(batches)):
-        boundary, group_size = accumulation(index, len(batches), train.grad_accum)
-        examples = _examples(run, batches[index])
+    for index, transformed in enumerate(run.rows.epoch(state.epoch, state.micro_done), start=state.micro_done):
+        if index >= run.n_micro:
+            break
+        boundary, group_size = accumulation(index, run.n_micro, train.grad_accum)
+        examples = _trainable(run, transformed)
         weight = 1.0
         if not examples:  # every row skipped: run the last good batch at weight 0 (equal forwards)
             examples, weight = fallback or _first_trainable(run), 0.0
@@ -395,13 +384,20 @@ def _train_epoch(run: _Run) -> None:
 
 
 def _first_trainable(run: _Run) -> list[dict[str, Any]]:
-    for row in run.train_rows:
-        example = run.family.transform(row)
-        if "skip" not in example:
-            return [example]
-    from sentiray.data.schema import DataError
+    """A row that trains, to stand in (at weight 0) for a micro-batch whose rows all skip."""
+    import pyarrow.parquet as pq
 
-    raise DataError(f"no train row of {run.family.data_uri()} can be trained on: {run.skipped.counts}")
+    from sentiray.data import schema
+
+    columns = list(run.family.columns) if run.family.columns else None
+    for uri in schema.split_uris(run.family.data_uri(), "train"):
+        fs, path = storage.filesystem(uri)
+        with fs.open(path, "rb") as f:
+            for row in pq.read_table(f, columns=columns).to_pylist():
+                example = run.family.transform(row)
+                if "skip" not in example:
+                    return [example]
+    raise schema.DataError(f"no train row of {run.family.data_uri()} can be trained on: {run.skipped.counts}")
 
 
 def _log_steps(run: _Run, window: list[dict[str, float]]) -> None:
@@ -418,6 +414,9 @@ def _log_steps(run: _Run, window: list[dict[str, float]]) -> None:
         eta = (run.total_steps - state.step) * elapsed / max(1, done)
         print(f"[train] step {state.step}/{run.total_steps} loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
               f"{metrics['samples_per_s']:.1f} samples/s ETA {eta:.0f}s", flush=True)
+        storage.write_json(storage.join(train.output, PROGRESS), {
+            "step": state.step, "total": run.total_steps, "epoch": state.epoch, "loss": metrics["loss"],
+            "samples_per_s": metrics["samples_per_s"], "dev": run.last_dev})
     ray.train.report({"step": state.step, "epoch": state.epoch, **metrics})
 
 
@@ -429,6 +428,7 @@ def _end_epoch(run: _Run) -> None:
     selection = family.selection()
     state.epoch += 1
     state.micro_done = 0
+    run.last_dev = {selection.metric: dev[selection.metric]}
     is_best = selection.better(dev, state.best_key)
     if is_best:
         state.best_key, state.best_epoch, state.bad_epochs = list(selection.key(dev)), state.epoch, 0

@@ -1,0 +1,162 @@
+"""Where a worker's training rows come from: streamed through Ray Data, or in memory.
+
+Both give the loop the same thing: per epoch, the rank's micro-batches of *transformed*
+rows (the family's :meth:`~sentiray.families.base.Family.transform`), as many on every rank,
+in a deterministic order, so that a resumed run skips exactly the micro-batches it had
+done.
+
+- :class:`StreamedRows` (``train.stream: true``, the default): the train split goes to
+  ``TorchTrainer`` as a Ray Dataset read from Parquet (local or s3://) in blocks; the
+  family's transform (image decoding and resizing, tokenizing) runs in Ray Data actors
+  (``map_batches``), ahead of the step loop (prefetch); each worker iterates only its
+  shard (``ray.train.get_dataset_shard``, an equal split of the rows padded to a multiple of
+  the workers by repeating the first few: ``ceil(N / workers)`` rows each) and
+  holds a bounded number of rows at a time, however large the split. Order is preserved
+  (deterministic splits) and shuffled per epoch in a seeded local buffer.
+- :class:`InMemoryRows` (``train.stream: false``): every worker reads the whole split into
+  memory and transforms each micro-batch in the step loop; a seeded global permutation per
+  epoch. For small data, or to compare against.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from collections.abc import Iterator
+from typing import Any
+
+from sentiray.config import JobConfig, validate
+from sentiray.data import schema, storage
+
+DATASET = "train"
+
+
+def micro_batches(n_rows: int, rank: int, world: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """This rank's micro-batches of row indices for one epoch (in-memory rows).
+
+    A seeded permutation per epoch, padded by wrapping so every rank gets the same number
+    of micro-batches (ranks must step together), then strided by rank.
+    """
+    import random
+
+    order = list(range(n_rows))
+    random.Random(seed * 1000 + epoch).shuffle(order)
+    per_rank = math.ceil(n_rows / world)
+    order = (order * (world + 1))[: per_rank * world]
+    mine = order[rank::world]
+    return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+
+
+class InMemoryRows:
+    """The whole split in this worker's memory, transformed micro-batch by micro-batch."""
+
+    def __init__(self, family, rank: int, world: int):
+        self.family, self.rank, self.world = family, rank, world
+        self.train = family.job.train
+        columns = list(family.columns) if family.columns else None
+        self.rows = schema.read_rows(family.data_uri(), "train", columns)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.rows)
+
+    def n_micro(self) -> int:
+        return len(micro_batches(len(self.rows), self.rank, self.world, self.train.batch_size, self.train.seed, 0))
+
+    def epoch(self, epoch: int, start: int) -> Iterator[list[dict[str, Any]]]:
+        batches = micro_batches(len(self.rows), self.rank, self.world, self.train.batch_size, self.train.seed, epoch)
+        for indices in batches[start:]:
+            yield [self.family.transform(self.rows[i]) for i in indices]
+
+
+class StreamedRows:
+    """This worker's shard of the Ray Dataset built by :func:`train_dataset`."""
+
+    def __init__(self, family, rank: int, world: int):
+        import ray.train
+
+        self.family, self.rank, self.world = family, rank, world
+        self.train = family.job.train
+        self.n_rows = split_rows(family.data_uri())
+        self.shard = ray.train.get_dataset_shard(DATASET)
+
+    def n_micro(self) -> int:
+        # the dataset is padded to a multiple of the workers, then split equally
+        return math.ceil(math.ceil(self.n_rows / self.world) / self.train.batch_size)
+
+    def epoch(self, epoch: int, start: int) -> Iterator[list[dict[str, Any]]]:
+        t = self.train
+        batches = self.shard.iter_batches(
+            batch_size=t.batch_size, batch_format="pyarrow", prefetch_batches=t.prefetch_batches,
+            local_shuffle_buffer_size=t.shuffle_buffer or None, local_shuffle_seed=t.seed * 1000 + epoch,
+        )
+        for index, batch in enumerate(batches):
+            if index < start:  # resume: these were trained before the checkpoint
+                continue
+            yield [pickle.loads(b) for b in batch.column("example").to_pylist()]
+
+
+def split_rows(data_uri: str, split: str = "train") -> int:
+    """Rows of a split, from the Parquet footers (no data read)."""
+    import pyarrow.parquet as pq
+
+    total = 0
+    for uri in schema.split_uris(data_uri, split):
+        fs, path = storage.filesystem(uri)
+        with fs.open(path, "rb") as f:
+            total += pq.ParquetFile(f).metadata.num_rows
+    return total
+
+
+class TransformRows:
+    """``map_batches`` callable: the family's per-row transform, the family built once per actor.
+
+    Examples are pickled into one binary column: they hold tensors and small objects that
+    Arrow has no type for, and the worker unpickles exactly what the family returned.
+    """
+
+    def __init__(self, job: dict[str, Any]):
+        from sentiray import families
+
+        self.family = families.create(validate(job, source="train data actor"))
+
+    def __call__(self, batch) -> dict[str, list[bytes]]:
+        return {"example": [pickle.dumps(self.family.transform(row), protocol=5) for row in batch.to_pylist()]}
+
+
+def train_dataset(cfg: JobConfig, family):
+    """The streamed train split: Parquet blocks -> the family's transform in Ray Data actors."""
+    import ray.data
+
+    t = cfg.train
+    uris = schema.split_uris(family.data_uri(), "train")
+    if not uris:
+        raise schema.DataError(f"{family.data_uri()} has no train split to train on")
+    fs, _ = storage.pyarrow_filesystem(uris[0])
+    paths = [storage.pyarrow_filesystem(u)[1] for u in uris]
+    ds = ray.data.read_parquet(paths, filesystem=fs, columns=list(family.columns) if family.columns else None)
+    # An equal split drops the N % workers last rows, the same ones every epoch (the order is
+    # fixed): repeat the first few instead, as the in-memory path wraps, so that every row trains.
+    pad = -split_rows(family.data_uri()) % t.num_workers
+    if pad:
+        ds = ds.union(ds.limit(pad))
+    return ds.map_batches(
+        TransformRows, fn_constructor_kwargs={"job": cfg.model_dump(mode="json")}, batch_format="pyarrow",
+        batch_size=max(t.batch_size, 16), concurrency=t.data_workers, num_cpus=t.data_cpus,
+    )
+
+
+def dataset_config():
+    """Equal, order-preserving shards: every rank gets N // world rows, the same ones on every
+    run (Ray Data's splitter is deterministic when order is preserved), so a resume knows
+    which rows it had trained."""
+    from ray.data import ExecutionOptions
+    from ray.train import DataConfig
+
+    return DataConfig(datasets_to_split=[DATASET], execution_options=ExecutionOptions(preserve_order=True))
+
+
+def worker_rows(family, rank: int, world: int):
+    """This worker's row source, as ``train.stream`` says."""
+    cls = StreamedRows if family.job.train.stream else InMemoryRows
+    return cls(family, rank, world)
