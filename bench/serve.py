@@ -5,11 +5,15 @@ the bare model called in-process (the physical limit), at concurrency 1, 8 and 3
     python bench/serve.py --chain-tokens 32     # with a 32-token reasoning chain per request
     python bench/serve.py --model runs/demo/checkpoints/student/model --duration 20
 
-Each Serve mode is one model replica with one CPU (torch on one thread); the bare model
-runs here on one thread too, computing ``min(concurrency, max_batch_size)`` requests per
-call with the server's own batch function, so every request of a call waits for the
-whole call, as in a perfectly filled batch with no transport. The load generator shares
-the machine with Serve: on a small machine its CPU use is part of what Serve's rows pay.
+Each Serve mode is one replica with one CPU (torch on one thread) serving HTTP and the model;
+the bare model runs here on one thread too, calling the family's ``Predictor.predict`` (the
+function the replica calls) on ``min(concurrency, max_batch_size)`` rows per call, so every
+request of a call waits for the whole call, as in a perfectly filled batch with no
+transport. The three modes of one concurrency are measured one after the other (both Serve
+applications stay deployed), so that they see the same machine: other work on it moves all
+three together. The load generator shares the machine with Serve: on a small machine its
+CPU use is part of what Serve's rows pay. Run it on a quiet machine: the 1-minute load
+average is printed before and after.
 """
 
 from __future__ import annotations
@@ -31,34 +35,83 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def bare_model(model_path: str, post: dict, concurrency: int, max_batch: int, chain_tokens: int, duration_s: float) -> dict:
-    import torch
-    from sentiray.data import images
-    from sentiray.models.generation import Generator
-    from sentiray.models.loading import load_model
-    from sentiray.serving.model_server import LoadedModel, ModelJob, run_batch
-    from sentiray import prompts
+class BareModel:
+    """The family's predictor in this process, on one thread: the physical limit."""
 
-    torch.set_num_threads(1)
-    model, processor = load_model(model_path, kind="vlm", for_generation=True)
-    loaded = LoadedModel(Generator(model, processor), {"name": "bench", "version": None, "uri": model_path})
-    row = {"text": post["text"], "task": "msc"}
-    image = images.decode(post["image"])
-    job = ModelJob(label_prompt=prompts.render("label", row), image=image, max_new_tokens=max(chain_tokens, 1),
-                   gen_prompt=prompts.render("chain", row) if chain_tokens else None)
-    batch = [job] * min(concurrency, max_batch)
-    labels = ["positive", "neutral", "negative"]
-    run_batch(loaded, batch, labels)  # warm up
-    latencies, done = [], 0
-    start = time.perf_counter()
-    while time.perf_counter() - start < duration_s:
-        t = time.perf_counter()
-        run_batch(loaded, batch, labels)
-        latencies += [(time.perf_counter() - t) * 1000] * len(batch)
-        done += len(batch)
-    elapsed = time.perf_counter() - start
-    return {"rps": done / elapsed, "p50": np.percentile(latencies, 50), "p95": np.percentile(latencies, 95),
-            "p99": np.percentile(latencies, 99), "errors": {}}
+    def __init__(self, model_path: str, post: dict, chain_tokens: int):
+        import torch
+        from sentiray import families
+
+        torch.set_num_threads(1)
+        self.predictor = families.load_predictor(model_path)
+        # The row a request becomes in the server (MulCoT's /v1/sentiment parse): text + image bytes.
+        self.row = {"text": post["text"], "aspect": None, "image": post["image"]}
+        self.options = {"chain": True, "max_new_tokens": chain_tokens} if chain_tokens else {"chain": False}
+        self.predictor.predict([self.row], self.options)  # warm up
+
+    def run(self, concurrency: int, max_batch: int, duration_s: float) -> dict:
+        rows = [self.row] * min(concurrency, max_batch)
+        self.predictor.predict(rows, self.options)
+        latencies, done = [], 0
+        start = time.perf_counter()
+        while time.perf_counter() - start < duration_s:
+            t = time.perf_counter()
+            self.predictor.predict(rows, self.options)
+            latencies += [(time.perf_counter() - t) * 1000] * len(rows)
+            done += len(rows)
+        elapsed = time.perf_counter() - start
+        return {"rps": done / elapsed, "p50": np.percentile(latencies, 50), "p95": np.percentile(latencies, 95),
+                "p99": np.percentile(latencies, 99), "errors": {}}
+
+
+def served(url: str, payload: dict, concurrency: int, duration_s: float) -> dict:
+    from sentiray.clients.loadtest import run_load
+
+    run_load(url, payload, concurrency=concurrency, duration_s=1.0)  # warm up connections and the batcher
+    r = run_load(url, payload, concurrency=concurrency, duration_s=duration_s)
+    return {"rps": r.rps, "p50": r.percentile(50), "p95": r.percentile(95), "p99": r.percentile(99),
+            "errors": r.as_dict()["errors"]}
+
+
+def measure(model_path: str, post: dict, payload: dict, args: argparse.Namespace) -> list[tuple[str, int, dict]]:
+    """Every cell: per concurrency, batched Serve, unbatched Serve, then the bare model."""
+    import ray
+    from ray import serve
+    from sentiray.serving.app import build_app, start_serve, wait_running
+
+    top = max(args.concurrency)
+    common = {"model": model_path, "min_replicas": 1, "max_replicas": 1, "num_cpus": 1,
+              "max_ongoing_requests": max(top, args.max_batch_size), "max_queued_requests": -1}
+    modes = {
+        "serve batched": {**common, "max_batch_size": args.max_batch_size, "batch_wait_timeout_s": 0.005},
+        "serve unbatched": {**common, "max_batch_size": 1, "batch_wait_timeout_s": 0.0},
+    }
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    base = start_serve("127.0.0.1", free_port())
+    cells = []
+    try:
+        urls = {}
+        for name, app_args in modes.items():
+            app = name.replace(" ", "-")
+            serve.run(build_app(app_args), name=app, route_prefix=f"/{app}", blocking=False)
+            wait_running([app])
+            urls[name] = f"{base}/{app}/v1/sentiment"
+        bare = BareModel(model_path, post, args.chain_tokens)
+        for c in args.concurrency:
+            for name, url in urls.items():
+                cells.append((name, c, served(url, payload, c, args.duration)))
+            cells.append(("bare model", c, bare.run(c, args.max_batch_size, args.duration)))
+            for name, _, m in cells[-3:]:
+                print(f"  {name:<16} c={c:<3} {m['rps']:8.1f} req/s  (load {load_average()})", file=sys.stderr, flush=True)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    order = [*modes, "bare model"]
+    return sorted(cells, key=lambda cell: (order.index(cell[0]), args.concurrency.index(cell[1])))
+
+
+def load_average() -> str:
+    return f"{os.getloadavg()[0]:.2f}"
 
 
 def main() -> int:
@@ -70,11 +123,7 @@ def main() -> int:
     parser.add_argument("--chain-tokens", type=int, default=0, help="also generate a chain of this many tokens")
     args = parser.parse_args()
 
-    import ray
-    from ray import serve
     from sentiray.data import synthetic
-    from sentiray.serving.app import build_app, start_serve, wait_running
-    from sentiray.serving.loadtest import run_load
 
     model_path = args.model
     if not model_path:
@@ -86,38 +135,13 @@ def main() -> int:
     if args.chain_tokens:
         payload.update(chain=True, max_tokens=args.chain_tokens)
 
-    top = max(args.concurrency)
-    common = {"model": model_path, "min_replicas": 1, "max_replicas": 1, "num_cpus": 1,
-              "max_ongoing_requests": max(top, args.max_batch_size), "max_queued_requests": -1}
-    modes = {
-        "serve batched": {**common, "max_batch_size": args.max_batch_size, "batch_wait_timeout_s": 0.005},
-        "serve unbatched": {**common, "max_batch_size": 1, "batch_wait_timeout_s": 0.0},
-    }
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    base = start_serve("127.0.0.1", free_port())
-    rows = []
-    try:
-        for name, app_args in modes.items():
-            prefix = "/" + name.replace(" ", "-")
-            serve.run(build_app(app_args), name=name.replace(" ", "-"), route_prefix=prefix, blocking=False)
-            wait_running([name.replace(" ", "-")])
-            url = f"{base}{prefix}/v1/sentiment"
-            for c in args.concurrency:
-                run_load(url, payload, concurrency=c, duration_s=1.0)  # warm up connections and the batcher
-                r = run_load(url, payload, concurrency=c, duration_s=args.duration)
-                rows.append((name, c, {"rps": r.rps, "p50": r.percentile(50), "p95": r.percentile(95),
-                                       "p99": r.percentile(99), "errors": r.as_dict()["errors"]}))
-                print(f"  {name:<16} c={c:<3} {r.rps:8.1f} req/s", file=sys.stderr, flush=True)
-            serve.delete(name.replace(" ", "-"))
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-    for c in args.concurrency:
-        rows.append(("bare model", c, bare_model(model_path, post, c, args.max_batch_size, args.chain_tokens, args.duration)))
+    load_before = load_average()
+    rows = measure(model_path, post, payload, args)
 
     what = f"label scoring + {args.chain_tokens}-token chain" if args.chain_tokens else "label scoring (text + image)"
     print(f"\nserving benchmark: {what}, max_batch_size {args.max_batch_size}, {args.duration:.0f} s per cell, "
           f"{os.cpu_count()} CPU cores")
+    print(f"machine load (1-minute average): {load_before} before, {load_average()} after")
     print(f"{'mode':<16} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}  errors")
     for name, c, m in rows:
         print(f"{name:<16} {c:>4} {m['rps']:>8.1f} {m['p50']:>8.1f} {m['p95']:>8.1f} {m['p99']:>8.1f}  {m['errors'] or '-'}")

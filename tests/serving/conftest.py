@@ -59,3 +59,11 @@ def png(width: int, height: int, noise: bool = False, fmt: str = "PNG") -> bytes
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format=fmt)
     return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_b(tmp_path_factory) -> str:
+    """A second tiny VLM (another seed: other weights, other answers), for multiplexing and swaps."""
+    from sentiray.models.tiny import build_tiny_vlm
+
+    return build_tiny_vlm(str(tmp_path_factory.mktemp("tiny-vlm-b")), seed=1)

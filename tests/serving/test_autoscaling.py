@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from sentiray.serving import loadtest
+from sentiray.clients import loadtest
 from sentiray.serving.app import IMPORT_PATH
 
 from tests.serving.conftest import deploy
@@ -17,9 +17,11 @@ from tests.serving.conftest import deploy
 pytestmark = pytest.mark.slow
 
 # Serve pushes load metrics every 10 s by default; these tests want decisions in about a second.
+# The handle that would report them is the session's HTTP proxy (started without these
+# variables), so the replicas report their own requests instead.
 FAST_METRICS = {
     "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.25",
-    "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.25",
+    "RAY_SERVE_COLLECT_AUTOSCALING_METRICS_ON_HANDLE": "0",
 }
 
 
@@ -31,19 +33,16 @@ def scaled(serve_base, tiny_models, tmp_path_factory):
         "name": "scale",
         "route_prefix": "/scale",
         "import_path": IMPORT_PATH,
-        "args": {"model": tiny_models["vlm"], "max_batch_size": 4, "batch_wait_timeout_s": 0.01},
+        "args": {"model": tiny_models["vlm"], "max_batch_size": 4, "batch_wait_timeout_s": 0.01, "max_ongoing_requests": 8},
         "deployments": [
             {
                 "name": "SentimentModel",
-                "max_ongoing_requests": 8,
                 "autoscaling_config": {
                     "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2,
                     "upscale_delay_s": 0.5, "downscale_delay_s": 2, "look_back_period_s": 1, "metrics_interval_s": 0.25,
                 },
                 "ray_actor_options": {"num_cpus": 1, "runtime_env": {"env_vars": FAST_METRICS}},
             },
-            # The handle that reports queued requests lives in the ingress.
-            {"name": "Ingress", "ray_actor_options": {"num_cpus": 0.25, "runtime_env": {"env_vars": FAST_METRICS}}},
         ],
     }
     url = deploy(tmp_path_factory.mktemp("scale"), serve_base, application)

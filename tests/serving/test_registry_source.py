@@ -15,7 +15,7 @@ from sentiray import tracking
 from sentiray.models import registry
 from sentiray.serving import app as serving_app
 from sentiray.serving.app import IMPORT_PATH
-from sentiray.serving.model_server import resolve_source
+from sentiray.serving.sources import resolve_source
 
 pytestmark = pytest.mark.slow
 
@@ -37,11 +37,11 @@ def store(tiny_models, tmp_path_factory):
 
 def test_sources_resolve_to_pinned_versions(store, tiny_models):
     folder, info = resolve_source("models:/tiny-student@champion")
-    assert info == {"name": "tiny-student", "version": "1", "uri": "models:/tiny-student@champion"}
+    assert info == {"name": "tiny-student", "version": "1"}
     assert Path(folder, "config.json").read_text() == Path(tiny_models["vlm"], "config.json").read_text()
     assert resolve_source("models:/tiny-student/latest")[1]["version"] == "2"
     assert resolve_source("models:/tiny-student/2")[1]["version"] == "2"
-    assert resolve_source(tiny_models["vlm"])[1] == {"name": "vlm", "version": None, "uri": tiny_models["vlm"]}
+    assert resolve_source(tiny_models["vlm"])[1] == {"name": "vlm", "version": None}
     with pytest.raises(Exception, match="nobody"):
         resolve_source("models:/nobody/1")
 
@@ -79,7 +79,7 @@ def test_serve_from_registry_then_swap_without_downtime(store, serve_base, tmp_p
     _deploy_with_cli(tmp_path, serve_base, _application("models:/tiny-student@champion", store))
     try:
         first = requests.post(url, json={"text": "a sunny day"}, timeout=60).json()
-        assert first["model"] == {"name": "tiny-student", "version": "1", "uri": "models:/tiny-student@champion"}
+        assert first["model"] == {"id": "sentiray-student", "name": "tiny-student", "version": "1"}  # never the URI
 
         # Traffic keeps flowing while the config changes only the user_config's model.
         seen: list[tuple[int, str | None]] = []

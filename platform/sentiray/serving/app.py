@@ -9,11 +9,14 @@ Three ways to run the same application:
   deploys it; ``key=value`` overrides the args of every sentiray application in it;
 - ``sentiray run jobs/serve.yaml`` (a job YAML with ``stage: serve``): :func:`run`.
 
-The application is two deployments: ``Ingress`` (FastAPI, cheap, one replica by default)
-and ``SentimentModel`` (the student, autoscaled). Options given in code here are defaults;
-a ``deployments:`` entry of a Serve YAML replaces any of them (as a whole: an
-``autoscaling_config`` there must list every field it wants different from Serve's
-defaults).
+The application is one deployment, ``SentimentModel``: each autoscaled replica serves HTTP
+(the family's endpoints, the OpenAI routes) and runs the model (:mod:`sentiray.serving.server`
+says why). Before deploying, every model source is checked where the command runs (a
+missing folder, a registered name without versions, an s3:// prefix without a model fail
+at once, exit 2) and the family whose routes are mounted is read from the model's manifest.
+Options given in code here are defaults; a ``deployments:`` entry of a Serve YAML replaces
+any of them (as a whole: an ``autoscaling_config`` there must list every field it wants
+different from Serve's defaults).
 """
 
 from __future__ import annotations
@@ -36,13 +39,12 @@ from sentiray.config import (
 
 IMPORT_PATH = "sentiray.serving.app:build_app"
 MODEL_DEPLOYMENT = "SentimentModel"
-INGRESS_DEPLOYMENT = "Ingress"
-# The ingress only parses and waits on the model: many requests at once, a fraction of a CPU.
-INGRESS_MAX_ONGOING_REQUESTS = 256
-INGRESS_NUM_CPUS = 0.25
 DEPLOY_TIMEOUT_S = 600
-# Args that are also the model deployment's user_config (changeable without a restart).
+# Args that are also the deployment's user_config (changeable without a restart).
 USER_CONFIG_KEYS = ("model", "max_batch_size", "batch_wait_timeout_s")
+# Options the replica enforces itself (admission, answered 503 in the API's error shape),
+# so they are args, not Serve options of a deployments: entry.
+REPLICA_ARGS = ("max_ongoing_requests", "max_queued_requests")
 
 
 def app_config(args: dict[str, Any] | ServeAppConfig, source: str = "serve application args") -> ServeAppConfig:
@@ -55,19 +57,47 @@ def app_config(args: dict[str, Any] | ServeAppConfig, source: str = "serve appli
         raise ConfigError(format_validation_error(exc, source)) from None
 
 
+def checked_config(args: dict[str, Any] | ServeAppConfig, source: str = "serve application args",
+                   local: bool = True) -> ServeAppConfig:
+    """The args validated, every model source checked, ``family`` filled in from the manifest and
+    the family's endpoint settings validated: all that can fail before a replica starts."""
+    from sentiray import families
+    from sentiray.serving.endpoints import endpoint_settings
+    from sentiray.serving.sources import resolve_family
+
+    cfg = app_config(args, source)
+    family = resolve_family(cfg, source, local=local)
+    if family is not None:
+        endpoint_settings(tuple(families.family_class(family).endpoints), cfg, source)
+    return cfg.model_copy(update={"family": family})
+
+
+def _serve_limits(cfg: ServeAppConfig) -> tuple[int, int]:
+    """Serve's own max_ongoing / max_queued for the deployment. The replica admits requests
+    itself (503 + Retry-After in the API's error shape), so Serve must hand every request to a
+    replica: its limit has room above the replica's (refusals pass through the replica too),
+    and the proxy queues only while every replica is that full."""
+    capacity = cfg.capacity
+    if capacity is None:
+        return 100_000, -1
+    return 2 * capacity + 16, -1
+
+
 def build_app(args: dict[str, Any] | ServeAppConfig):
     """The Serve application for ``args`` (a :class:`ServeAppConfig` as a dict).
 
-    The target of ``import_path`` in a Serve YAML; also called from Python.
+    The target of ``import_path`` in a Serve YAML; also called from Python. A family left
+    out of the args is read from the model's manifest here.
     """
     from ray.serve.config import BackpressureConfig
 
-    from sentiray.serving.ingress import Ingress
-    from sentiray.serving.model_server import SentimentModel
+    from sentiray.serving.server import SentimentModel
 
     cfg = app_config(args)
-    shared = cfg.model_dump(mode="json")
-    model = SentimentModel.options(
+    if cfg.family is None:
+        cfg = checked_config(cfg)
+    max_ongoing, max_queued = _serve_limits(cfg)
+    return SentimentModel.options(
         autoscaling_config={
             "min_replicas": cfg.min_replicas,
             "max_replicas": cfg.max_replicas,
@@ -75,17 +105,13 @@ def build_app(args: dict[str, Any] | ServeAppConfig):
             "upscale_delay_s": cfg.upscale_delay_s,
             "downscale_delay_s": cfg.downscale_delay_s,
         },
-        max_ongoing_requests=cfg.max_ongoing_requests,
-        max_queued_requests=cfg.max_queued_requests,
+        max_ongoing_requests=max_ongoing,
+        max_queued_requests=max_queued,
         backpressure_config=BackpressureConfig(retry_after_s=cfg.retry_after_s),
         ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
+        logging_config={"enable_access_log": cfg.access_log},
         user_config={key: getattr(cfg, key) for key in USER_CONFIG_KEYS},
-    ).bind(shared)
-    return Ingress.options(
-        num_replicas=1,
-        max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS,
-        ray_actor_options={"num_cpus": INGRESS_NUM_CPUS},
-    ).bind(model, shared)
+    ).bind(cfg.model_dump(mode="json"))
 
 
 # --------------------------------------------------------------------------- starting Serve
@@ -156,18 +182,6 @@ def _with_driver_tracking(args: dict[str, Any]) -> dict[str, Any]:
     return args
 
 
-def _check_local_model(cfg: ServeAppConfig, source: str) -> None:
-    """A local model path that is missing fails here, not after replicas retried loading it."""
-    from sentiray.data import storage
-
-    uri = cfg.model
-    if uri.startswith(("models:/", "runs:/")) or storage.is_remote(uri):
-        return
-    path = uri.removeprefix("file://")
-    if not os.path.isdir(path):
-        raise ConfigError(f"invalid config {source}:\n  model: no folder {path!r} (give a models:/ URI, an s3:// prefix or a folder)")
-
-
 def _block(names: list[str]) -> None:
     from ray import serve
 
@@ -181,6 +195,17 @@ def _block(names: list[str]) -> None:
             serve.delete(name)
 
 
+def route_paths(cfg: ServeAppConfig) -> list[str]:
+    """The routes an application of this config offers (its family's, then the platform's)."""
+    from sentiray import families
+
+    family = families.family_class(cfg.family or "mulcot")
+    paths = [e.path for e in family.endpoints]
+    if family.predictor_class.supports_chat:
+        paths += ["/v1/chat/completions", "/v1/models"]
+    return paths
+
+
 def run(job: JobConfig) -> dict[str, Any]:
     """Stage ``serve`` of a job YAML: deploy the app at ``serve.host:port`` + ``route_prefix``."""
     from ray import serve
@@ -188,31 +213,35 @@ def run(job: JobConfig) -> dict[str, Any]:
     from sentiray import runtime
 
     cfg = job.serve
-    _check_local_model(cfg, "serve")
-    runtime.ensure_ray(job.ray)
-    url = start_serve(cfg.host, cfg.port)
     fields = set(ServeAppConfig.model_fields)
     args = _with_driver_tracking({k: v for k, v in cfg.model_dump(mode="json").items() if k in fields})
-    serve.run(build_app(args), name=cfg.app_name, route_prefix=cfg.route_prefix, blocking=False)
+    app_cfg = checked_config(args, "serve", local=not (job.ray.address or os.environ.get("RAY_ADDRESS")))
+    runtime.ensure_ray(job.ray)
+    url = start_serve(cfg.host, cfg.port)
+    serve.run(build_app(app_cfg), name=cfg.app_name, route_prefix=cfg.route_prefix, blocking=False)
     wait_running([cfg.app_name])
     endpoint = url + cfg.route_prefix.rstrip("/")
-    print(f"{cfg.app_name}: {endpoint}/v1/sentiment  {endpoint}/v1/chat/completions  (model {cfg.model})", flush=True)
-    summary = {"app": cfg.app_name, "url": endpoint, "model": cfg.model}
+    print(f"{cfg.app_name}: {' '.join(endpoint + p for p in route_paths(app_cfg))}  (models {', '.join(app_cfg.sources)})",
+          flush=True)
+    summary = {"app": cfg.app_name, "url": endpoint, "models": list(app_cfg.sources), "family": app_cfg.family}
     if cfg.blocking:
         _block([cfg.app_name])
     return summary
 
 
 def load_serve_config(path: str, overrides: list[str] | None = None, local_cluster: bool = True):
-    """A Serve YAML as Ray's ``ServeDeploySchema``, our applications' args validated and overridden.
+    """A Serve YAML as Ray's ``ServeDeploySchema``, our applications' args validated, checked
+    (every model source; the family from its manifest) and overridden.
 
     ``key=value`` overrides apply to the args of every sentiray application; an overridden
-    user_config key (model, max_batch_size, batch_wait_timeout_s) is changed in the model
-    deployment's ``user_config`` too, since that wins over args at run time.
+    user_config key (model, max_batch_size, batch_wait_timeout_s) is changed in the
+    deployment's ``user_config`` too, since that wins over args at run time. A local folder
+    is checked only for a local cluster (a remote one has its own disk).
     """
     from ray.serve.schema import ServeDeploySchema
 
     from sentiray import config
+    from sentiray.serving.sources import resolve_family
 
     try:
         schema = ServeDeploySchema.model_validate(config.load_raw(path))
@@ -224,16 +253,38 @@ def load_serve_config(path: str, overrides: list[str] | None = None, local_clust
     overridden = {keys[0] for keys, _ in config.parse_overrides(overrides or [])}
     for app in ours:
         source = f"{path}: application {app.name!r} args"
-        args = apply_overrides(app.args or {}, overrides or [])
-        cfg = app_config(args, source)
-        if local_cluster:
-            _check_local_model(cfg, source)
-        app.args = _with_driver_tracking(args)
+        _check_deployments(app, path)
+        args = _with_driver_tracking(apply_overrides(app.args or {}, overrides or []))
+        cfg = checked_config(args, source, local=local_cluster)
+        if cfg.family:
+            args = {**args, "family": cfg.family}  # read from the manifest here, so replicas need not
+        app.args = args
         for dep in app.deployments:
             if dep.name == MODEL_DEPLOYMENT and isinstance(dep.user_config, dict):
                 for key in overridden & set(USER_CONFIG_KEYS) & set(dep.user_config):
                     dep.user_config[key] = getattr(cfg, key)
+                swap = dep.user_config.get("model")
+                if swap and swap != cfg.model:  # it wins over args.model: it must hold a model too
+                    swap_cfg = cfg.model_copy(update={"model": swap, "family": None})
+                    if cfg.family and resolve_family(swap_cfg, f"{path}: application {app.name!r} user_config",
+                                                     local=local_cluster) not in (None, cfg.family):
+                        raise ConfigError(f"{path}: application {app.name!r}: user_config.model {swap!r} is not a "
+                                          f"{cfg.family!r} model, and the routes are that family's")
     return schema
+
+
+def _check_deployments(app: Any, path: str) -> None:
+    """Deployment entries our application has (one), with no options the replica enforces itself."""
+    for dep in app.deployments:
+        if dep.name != MODEL_DEPLOYMENT:
+            hint = (" (the ingress is gone: each SentimentModel replica serves HTTP itself; drop this entry)"
+                    if dep.name == "Ingress" else "")
+            raise ConfigError(f"{path}: application {app.name!r} has no deployment {dep.name!r}; "
+                              f"it has one, {MODEL_DEPLOYMENT!r}{hint}")
+        given = [k for k in REPLICA_ARGS if k in dep.model_fields_set]
+        if given:
+            raise ConfigError(f"{path}: application {app.name!r}, deployment {dep.name!r}: set {', '.join(given)} in "
+                              "args (the replica admits requests itself, so that an overload is a 503 in the API's error shape)")
 
 
 def serve_config_file(path: str, overrides: list[str] | None = None, address: str | None = None,

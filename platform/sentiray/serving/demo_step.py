@@ -57,7 +57,7 @@ def serve_and_query(model: str, n_requests: int = 3, port: int | None = None, ch
     serve_was_running = _get_global_client(raise_if_no_controller_running=False) is not None
     job = config.validate(
         {"stage": "serve", "serve": {"model": model, "port": port or _free_port(), "app_name": DEMO_APP, "route_prefix": DEMO_PREFIX,
-                                     "blocking": False, "chain_max_new_tokens": 64, "chat_max_new_tokens": 32,
+                                     "blocking": False, "endpoint": {"chain_max_new_tokens": 64}, "chat_max_new_tokens": 32,
                                      "min_replicas": 1, "max_replicas": 1}},
         source="demo:serve",
     )
@@ -79,8 +79,10 @@ def serve_and_query(model: str, n_requests: int = 3, port: int | None = None, ch
             serve.shutdown()
         if started_ray:
             ray.shutdown()
+    from sentiray import console
+
     for a in answers:
-        print(format_answer(a))
+        console.say(format_answer(a))
     return answers
 
 

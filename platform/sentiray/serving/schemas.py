@@ -1,10 +1,12 @@
-"""Request and response bodies of the HTTP API, and the checks of what a request may carry.
+"""What every endpoint shares: the error type, the model and timing parts of an answer, the
+OpenAI-compatible bodies, and the checks of what a request may carry.
 
-Pydantic checks the structure (field names, types, finite numbers): FastAPI answers a
+Pydantic checks the structure (field names, types, finite numbers): the server answers a
 violation with 422. The limits that depend on the deployment's config (text length,
-image bytes, format and size, feature shapes, max_tokens) are checked by the functions
-below, which raise :class:`ApiError` with a 4xx status and a message naming the field,
-what it holds and what the limit is.
+image bytes, format, sides, pixels and aspect ratio, feature shapes, max_tokens) are
+checked by the functions below, which raise :class:`ApiError` with a 4xx status and a
+message naming the field, what it holds and what the limit is. A family's endpoint
+(``Endpoint.parse``) calls them for its own fields.
 
 The chat bodies follow OpenAI's chat-completions API closely enough for the ``openai``
 client; fields it may send that we do not use (``top_p``, ``stop``, ...) are ignored.
@@ -36,67 +38,50 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-class _Strict(BaseModel):
+class StrictBody(BaseModel):
     # Our own API: a misspelt field is an error, not silently ignored.
     model_config = ConfigDict(extra="forbid")
 
 
-class _Lenient(BaseModel):
+class LenientBody(BaseModel):
     # OpenAI-compatible bodies: clients send fields we do not use.
     model_config = ConfigDict(extra="ignore")
 
 
-# --------------------------------------------------------------------------- /v1/sentiment
-
-
-class SentimentRequest(_Strict):
-    text: str = Field("", description="The post (may be empty when an image is given).")
-    image: str | None = Field(None, description="The image: base64, or a data URL (data:image/png;base64,...).")
-    aspect: str | None = Field(None, description="Target aspect (aspect-level sentiment); the prompt then asks about it.")
-    audio: FeatureSequence | None = Field(None, description="Audio features, T x D numbers (for feature models; see warnings).")
-    vision: FeatureSequence | None = Field(None, description="Video features, T x D numbers (for feature models; see warnings).")
-    chain: bool = Field(False, description="Also generate the reasoning chain (costs generation time).")
-    max_tokens: int | None = Field(None, gt=0, description="Length limit of the chain in tokens.")
+# --------------------------------------------------------------------------- parts of every answer
 
 
 class ModelInfo(BaseModel):
-    name: str
+    """The model behind an answer: never where it is stored."""
+
+    id: str = Field(description="The id it is served under (served_model_name, or its multiplexed id).")
+    name: str = Field(description="Registered name, run artifact or folder name.")
     version: str | None = Field(None, description="Registry version (models:/ and runs:/ sources), else null.")
-    uri: str
 
 
 class Timings(BaseModel):
-    total_ms: float = Field(description="Time in the ingress, from parsed request to answer.")
+    total_ms: float = Field(description="Time in the server, from the parsed request to the answer.")
     model_ms: float = Field(description="Compute time of the batch this request ran in.")
-    label_ms: float = Field(description="Label scoring time of that batch.")
-    chain_ms: float = Field(description="Chain generation time of that batch (0 without chains).")
-    batch_size: int = Field(description="Requests in the batch this request ran in.")
-
-
-class SentimentResponse(BaseModel):
-    label: str
-    probabilities: dict[str, float]
-    chain: str | None = None
-    chain_label: str | None = Field(None, description="The label parsed from the chain (may differ from label).")
-    model: ModelInfo
-    timings: Timings
-    warnings: list[str] = Field(default_factory=list)
+    queue_ms: float = Field(description="Time this request waited for its batch to start.")
+    batch_size: int = Field(description="Rows in the batch this request ran in.")
+    batch_failures: int = Field(0, description="Requests of that batch that failed alone on their input (model_ms "
+                                "includes isolating them).")
 
 
 # --------------------------------------------------------------------------- OpenAI chat completions
 
 
-class ImageURL(_Lenient):
+class ImageURL(LenientBody):
     url: str
     detail: str | None = None
 
 
-class TextPart(_Lenient):
+class TextPart(LenientBody):
     type: Literal["text"]
     text: str
 
 
-class ImagePart(_Lenient):
+class ImagePart(LenientBody):
     type: Literal["image_url"]
     image_url: ImageURL
 
@@ -104,16 +89,16 @@ class ImagePart(_Lenient):
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
-class ChatMessage(_Lenient):
+class ChatMessage(LenientBody):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
 
 
-class StreamOptions(_Lenient):
+class StreamOptions(LenientBody):
     include_usage: bool = False
 
 
-class ChatRequest(_Lenient):
+class ChatRequest(LenientBody):
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, gt=0)
@@ -233,15 +218,16 @@ def image_bytes(field: str, value: str, limits: ServeLimits) -> bytes:
     return data
 
 
-def decode_image(field: str, value: str, limits: ServeLimits):
-    """A validated RGB image from base64 or a data URL: format and size checked before decoding pixels."""
-    from PIL import Image, UnidentifiedImageError
+def check_image(field: str, value: str, limits: ServeLimits) -> bytes:
+    """The bytes of a valid image sent as base64 or a data URL, checked from its header alone.
 
-    from sentiray.data import images
+    Format, sides, pixel count and aspect ratio are read without decoding a pixel (the model
+    thread decodes, off the event loop); they match what processors need (Qwen2-VL's
+    smart_resize refuses aspect ratios above 200)."""
+    from PIL import Image, UnidentifiedImageError
 
     data = image_bytes(field, value, limits)
     try:
-        # Image.open reads the header only: format and size come before any pixel is decoded.
         with Image.open(io.BytesIO(data)) as probe:
             fmt, (width, height) = probe.format, probe.size
     except Image.DecompressionBombError as exc:
@@ -252,10 +238,15 @@ def decode_image(field: str, value: str, limits: ServeLimits):
         raise ApiError(415, f"{field}: format {fmt} is not accepted; send one of {', '.join(limits.image_formats)}", "bad_image_format")
     if max(width, height) > limits.max_image_side:
         raise ApiError(422, f"{field}: {width}x{height} pixels, the limit is {limits.max_image_side} per side", "image_too_large")
-    try:
-        return images.decode(data)
-    except images.ImageError as exc:
-        raise ApiError(400, f"{field}: {exc}", "bad_image") from None
+    if min(width, height) < limits.min_image_side:
+        raise ApiError(422, f"{field}: {width}x{height} pixels, each side needs at least {limits.min_image_side}", "image_too_small")
+    if width * height > limits.max_image_pixels:
+        raise ApiError(422, f"{field}: {width * height} pixels ({width}x{height}), the limit is {limits.max_image_pixels}", "image_too_large")
+    ratio = max(width, height) / min(width, height)
+    if ratio > limits.max_image_aspect_ratio:
+        raise ApiError(422, f"{field}: {width}x{height} pixels, aspect ratio {ratio:.1f}, the limit is "
+                       f"{limits.max_image_aspect_ratio:g}", "bad_image_aspect_ratio")
+    return data
 
 
 def format_validation_errors(errors: list[dict[str, Any]]) -> str:
