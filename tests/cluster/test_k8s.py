@@ -79,6 +79,8 @@ def test_the_manifests_that_k8s_must_hold_are_there():
     assert ("RayCluster", "sentiray") in kinds
     assert {("Deployment", "mlflow"), ("Service", "mlflow"), ("StatefulSet", "mlflow-postgres")} <= kinds
     assert {("Secret", "sentiray-s3"), ("Secret", "sentiray-endpoint"), ("Secret", "sentiray-mlflow-db")} <= kinds
+    assert {("Deployment", "redis"), ("Service", "redis"), ("PersistentVolumeClaim", "redis-data"),
+            ("Secret", "sentiray-redis")} <= kinds
 
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
@@ -112,6 +114,78 @@ def test_validators_reject_what_the_api_server_would(crds, cluster):
     broken = copy.deepcopy(deployment)
     broken["spec"]["replicas"] = "one"
     assert "'one' is not of type 'integer'" in "\n".join(kv.validate_document(broken, crds))
+
+
+# --------------------------------------------------------------------------- surviving a head restart
+
+
+def _ray_cluster_specs() -> dict[str, dict]:
+    """Every Ray cluster spec in k8s/: the RayCluster's, each RayJob's and the RayService's."""
+    specs = {}
+    for path in MANIFESTS:
+        for doc in _docs(path):
+            spec = {"RayCluster": lambda d: d["spec"], "RayJob": lambda d: d["spec"]["rayClusterSpec"],
+                    "RayService": lambda d: d["spec"]["rayClusterConfig"]}.get(doc["kind"])
+            if spec:
+                specs[f"{path.name}:{doc['kind']}"] = (doc, spec(doc))
+    return specs
+
+
+def test_every_ray_cluster_survives_a_head_restart_through_the_redis_of_k8s():
+    """GCS fault tolerance as KubeRay documents it: the GCS state in an external Redis
+    (k8s/redis.yaml), so a new head pod takes over jobs, actors and Serve applications."""
+    redis = {d["kind"]: d for d in _docs(REPO / "k8s" / "redis.yaml")}
+    service, deployment = redis["Service"], redis["Deployment"]
+    (port,) = [p["port"] for p in service["spec"]["ports"] if p["name"] == "redis"]
+    secrets = {d["metadata"]["name"]: d for d in _docs(REPO / "k8s" / "secrets.example.yaml")}
+    specs = _ray_cluster_specs()
+    assert {k.split(":")[1] for k in specs} == {"RayCluster", "RayJob", "RayService"}
+    for where, (doc, spec) in specs.items():
+        ft = spec.get("gcsFaultToleranceOptions")
+        assert ft, f"{where}: no gcsFaultToleranceOptions: a head restart would lose the cluster's state"
+        assert ft["redisAddress"] == f"{service['metadata']['name']}:{port}", where
+        ref = ft["redisPassword"]["valueFrom"]["secretKeyRef"]
+        assert ref["key"] in secrets[ref["name"]]["stringData"], where  # a Secret the example documents
+        # KubeRay refuses the older ways alongside the options
+        assert k8s.FT_ANNOTATION not in (doc["metadata"].get("annotations") or {}), where
+        assert "redis-password" not in spec["headGroupSpec"]["rayStartParams"], where
+    # The Redis server reads the same password and keeps its data across its own restarts.
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    (env,) = [e for e in container["env"] if e["name"] == "REDIS_PASSWORD"]
+    assert env["valueFrom"]["secretKeyRef"] == ref
+    args = container["args"]
+    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    assert args[args.index("--appendonly") + 1] == "yes" and args[args.index("--dir") + 1] == "/data"
+    (mount,) = container["volumeMounts"]
+    (volume,) = deployment["spec"]["template"]["spec"]["volumes"]
+    assert mount["mountPath"] == "/data" and volume["persistentVolumeClaim"]["claimName"] == redis["PersistentVolumeClaim"]["metadata"]["name"]
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"  # never two pods on the ReadWriteOnce volume
+
+
+def test_render_refuses_fault_tolerance_that_kuberay_would(tmp_path, cluster, crds):
+    def fails(mutate) -> str:
+        doc = copy.deepcopy(cluster)
+        mutate(doc)
+        path = tmp_path / "cluster.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        with pytest.raises(k8s.RenderError) as err:
+            k8s.render("jobs/data.yaml", cluster_config=str(path))
+        return str(err.value)
+
+    head = lambda d: d["spec"]["headGroupSpec"]
+    ft = lambda d: d["spec"]["gcsFaultToleranceOptions"]
+    assert "annotation and spec.gcsFaultToleranceOptions are both set" in fails(
+        lambda d: d["metadata"].setdefault("annotations", {}).update({k8s.FT_ANNOTATION: "true"}))
+    assert "redis-password in rayStartParams" in fails(lambda d: head(d)["rayStartParams"].update({"redis-password": "x"}))
+    assert "REDIS_PASSWORD on the head" in fails(
+        lambda d: head(d)["template"]["spec"]["containers"][0]["env"].append({"name": "REDIS_PASSWORD", "value": "x"}))
+    assert "must name the Redis Service" in fails(lambda d: ft(d).update(redisAddress="127.0.0.1:6379"))
+    assert "RAY_REDIS_ADDRESS on the head" in fails(lambda d: (d["spec"].pop("gcsFaultToleranceOptions"), head(d)[
+        "template"]["spec"]["containers"][0]["env"].append({"name": "RAY_REDIS_ADDRESS", "value": "redis:6379"})))
+    # and the schema itself: a misspelt option is an unknown field
+    broken = copy.deepcopy(cluster)
+    broken["spec"]["gcsFaultToleranceOptions"]["redisAdress"] = "redis:6379"
+    assert "'redisAdress' was unexpected" in "\n".join(kv.validate_document(broken, crds))
 
 
 # --------------------------------------------------------------------------- the cluster and the image

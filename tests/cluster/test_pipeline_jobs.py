@@ -8,7 +8,6 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-
 from sentiray import cli, pipeline
 from sentiray.cluster import submit as sj
 from sentiray.data import schema, storage
@@ -31,7 +30,7 @@ def test_each_stage_runs_as_a_ray_job_and_a_rerun_submits_nothing(head, tiny_mod
         "stages": [
             {"name": "data", "config": "jobs/data.yaml", "overrides": ["data.size=30", "data.output=data/msc"]},
             {"name": "evaluate", "config": "jobs/evaluate.yaml", "inputs": {"data.input": "data"},
-             "overrides": [f"model.path={tiny_models['vlm']}", "evaluate.limit=3", "evaluate.max_new_tokens=8"]},
+             "overrides": [f"model.path={tiny_models['vlm']}", "evaluate.limit=3", "mulcot.chain_max_new_tokens=8"]},
         ],
     }))
     capsys.readouterr()
@@ -81,7 +80,7 @@ def test_a_failing_job_stops_the_pipeline_with_its_error(head, tmp_path, monkeyp
     }))
     capsys.readouterr()
     code = cli.main(["pipeline", str(p), "--address", address, "--quiet"])
-    out, err = capsys.readouterr()
+    _, err = capsys.readouterr()
     assert code == 1
     assert "stage 'prepare' failed: job sentiray-data-" in err and "FAILED" in err
     assert "no-such-folder" in err  # the job's own error, from its log tail

@@ -15,6 +15,8 @@ import shlex
 import sqlite3
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,7 @@ from sentiray import cli
 from sentiray.cluster import submit as sj
 from sentiray.data import schema
 
-from tests.cluster.helpers import BIN
+from tests.cluster.helpers import BIN, user_env
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -161,7 +163,9 @@ def test_plain_ray_job_submit_runs_the_rayjob_manifest_entrypoint(head, s3_serve
     cmd = [str(BIN / "ray"), "job", "submit", f"--address={address}", f"--submission-id={submission_id}",
            f"--runtime-env-json={json.dumps(runtime_env)}", f"--metadata-json={json.dumps(spec['metadata'])}",
            f"--entrypoint-num-cpus={spec['entrypointNumCpus']}", "--", *entrypoint]
-    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300)
+    # Ray's CLI sends the token (~/.ray/auth_token here) only with RAY_AUTH_MODE=token: the README's line.
+    proc = subprocess.run(cmd, check=False, env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "data: wrote s3://" in proc.stdout
 
@@ -172,6 +176,94 @@ def test_plain_ray_job_submit_runs_the_rayjob_manifest_entrypoint(head, s3_serve
     code, out, _ = run_cli(capsys, "jobs", "list", "--address", address, "--json")
     (row,) = [r for r in json.loads(out) if r["submission_id"] == submission_id]
     assert row["status"] == "SUCCEEDED" and row["config"] == "jobs/data.yaml"
+
+
+def sentiray(*argv: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """The `sentiray` command a user runs, in its own process: nothing of this session's Ray state."""
+    return subprocess.run([str(BIN / "sentiray"), *argv], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+@pytest.mark.slow
+def test_submit_wait_under_token_authentication_needs_nothing_set_by_hand(head, s3_server, s3_uri, tmp_path):
+    """The README's cluster path on a machine where a local Ray has run: `ray start --head` turned
+    token authentication on by itself, and `sentiray submit --wait` finds ~/.ray/auth_token."""
+    address, _ = head
+    with pytest.raises(urllib.error.HTTPError) as refused:  # the head really requires the token
+        urllib.request.urlopen(f"{address}/api/version", timeout=10)
+    assert refused.value.code == 401
+    with urllib.request.urlopen(f"{address}/api/authentication_mode", timeout=10) as resp:
+        assert json.load(resp) == {"authentication_mode": "token"}
+
+    env = {**user_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    assert not any(k.startswith("RAY_AUTH_") for k in env)
+    proc = sentiray("submit", DATA_JOB, f"storage.root={s3_uri}", "data.size=20", "data.seed=3",
+                    "--address", address, "--working-dir", str(REPO), "--wait", env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    submission_id = proc.stdout.splitlines()[0]
+    assert f"{submission_id}: SUCCEEDED" in proc.stderr
+    assert sum(schema.read_manifest(f"{s3_uri}/data/msc")["counts"].values()) == 20
+
+
+@pytest.mark.slow
+def test_a_refused_token_is_one_line_that_says_what_to_set(head, tmp_path):
+    address, _ = head
+    env = {**user_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    pipe = tmp_path / "p.yaml"
+    pipe.write_text(yaml.safe_dump({"name": "refused", "storage": {"root": "s3://sentiray-test/refused"},
+                                    "stages": [{"name": "data", "config": "jobs/data.yaml"}]}))
+    cases = [  # (command, extra environment, what the line says)
+        (["submit", DATA_JOB, "data.output=s3://b/x", "--address", address, "--wait"], {"RAY_AUTH_TOKEN": "not-the-token"},
+         f"error: the Ray cluster at {address} refused the authentication token from RAY_AUTH_TOKEN; set RAY_AUTH_TOKEN"),
+        (["jobs", "list", "--address", address], {"RAY_AUTH_MODE": "disabled"},
+         f"error: the Ray cluster at {address} requires an authentication token and none was sent (RAY_AUTH_MODE=disabled)"),
+        (["pipeline", str(pipe), "--address", address, "--quiet"], {"RAY_AUTH_TOKEN_PATH": str(tmp_path / "none")},
+         f"error: RAY_AUTH_TOKEN_PATH={tmp_path / 'none'} cannot be read"),
+    ]
+    for argv, extra, line in cases:
+        proc = sentiray(*argv, env={**env, **extra}, timeout=120)
+        errors = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+        assert proc.returncode == 2, (argv, proc.stderr[-2000:])
+        assert len(errors) == 1 and errors[0].startswith(line), (argv, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr and "AuthenticationError" not in proc.stderr
+        assert "RAY_AUTH_TOKEN_PATH to a file holding it" in errors[0]
+
+
+def test_the_token_is_looked_up_where_ray_looks(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert sj.auth_token({})[0] is None
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("from-home\n")
+    (tmp_path / "t").write_text(" from-path ")
+    assert sj.auth_token({}) == ("from-home", str(tmp_path / ".ray" / "auth_token"))
+    assert sj.auth_token({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "t")})[0] == "from-path"
+    assert sj.auth_token({"RAY_AUTH_TOKEN": "from-env", "RAY_AUTH_TOKEN_PATH": str(tmp_path / "t")})[0] == "from-env"
+    assert sj.auth_token({"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": "from-env"})[0] is None
+    (tmp_path / "empty").write_text("")
+    with pytest.raises(sj.ClusterError, match="RAY_AUTH_TOKEN_PATH=.*empty is empty"):
+        sj.auth_token({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "empty")})
+
+
+def test_node_local_outputs_fail_on_more_than_one_node(tmp_path, monkeypatch):
+    from sentiray import runtime
+    from sentiray.config import ConfigError
+
+    local = sj.config.load(DATA_JOB, [f"storage.root={tmp_path}"])
+    runtime.check_shared_storage(local, alive_nodes=1)  # one node: every path is shared
+    with pytest.raises(ConfigError, match=r"data.output is '.*/data/msc': a path on one node's own disk, but this Ray "
+                                          r"cluster has 2 nodes.*storage.root=s3://"):
+        runtime.check_shared_storage(local, alive_nodes=2)
+    runtime.check_shared_storage(sj.config.load(DATA_JOB, ["storage.root=s3://b/run"]), alive_nodes=3)
+    # a filesystem mounted on every node, named as such
+    monkeypatch.setenv(runtime.SHARED_PATHS_ENV, f"/elsewhere:{tmp_path}")
+    runtime.check_shared_storage(local, alive_nodes=2)
+    assert runtime.node_local_outputs(local, {runtime.SHARED_PATHS_ENV: f"{tmp_path}-other"}) == {
+        "data.output": f"{tmp_path}/data/msc"}
+    # outside a Ray job, with no cluster address, nothing is asked (a local Ray is one node)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv(runtime.JOB_CONFIG_ENV, raising=False)
+    monkeypatch.delenv(runtime.SHARED_PATHS_ENV)
+    runtime.require_shared_storage(local)
 
 
 def test_submit_errors_are_clear(tmp_path, capsys):

@@ -19,12 +19,20 @@ def _cluster_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[a
     @functools.wraps(handler)
     def run(args: argparse.Namespace) -> int:
         from sentiray.cluster.k8s import RenderError
-        from sentiray.cluster.submit import ClusterError
+        from sentiray.cluster.submit import ClusterError, auth_refused
 
         try:
             return handler(args)
         except (ClusterError, RenderError) as exc:
             print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except Exception as exc:
+            # A token refused after connect() accepted one (e.g. the cluster restarted with a new one).
+            from ray.exceptions import AuthenticationError
+
+            if not isinstance(exc, AuthenticationError):
+                raise
+            print(f"error: {auth_refused(getattr(args, 'address', None), 'this machine', exc)}", file=sys.stderr)
             return 2
 
     return run
@@ -67,6 +75,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 0
 
     client = sj.connect(args.address)
+    sj.check_shared_storage(cfg, args.address)
     result = sj.submit(client, sub, rerun=args.rerun)
     print(result.submission_id, flush=True)  # stdout: the id alone, for scripts
     if result.created:
@@ -93,6 +102,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         _note(sj.error_tail(client, result.submission_id, secrets=sub.secrets))
     if args.follow:  # --wait has printed each status as it came
         _note(f"{result.submission_id}: {status}")
+    retries = sj.job_retries(client, result.submission_id)
+    if retries is not None and retries.line():
+        _note(f"{result.submission_id}: {retries.line()}")
     return sj.EXIT_CODES.get(status, 1)
 
 

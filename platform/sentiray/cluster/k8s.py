@@ -70,7 +70,44 @@ def load_cluster(path: str | Path = DEFAULT_CLUSTER_CONFIG) -> dict[str, Any]:
         raise RenderError(f"cluster config {path} must be one ray.io/v1 RayCluster manifest (found: {found})")
     if not isinstance(doc.get("spec"), dict) or "headGroupSpec" not in doc["spec"]:
         raise RenderError(f"cluster config {path}: spec.headGroupSpec is missing")
+    check_fault_tolerance(doc, str(path))
     return doc
+
+
+FT_ANNOTATION = "ray.io/ft-enabled"
+
+
+def check_fault_tolerance(cluster: dict[str, Any], source: str) -> None:
+    """GCS fault tolerance (surviving a head restart) as KubeRay 1.7 accepts it: configured by
+    ``spec.gcsFaultToleranceOptions`` alone. KubeRay refuses a cluster that also uses the older
+    ways (the ``ray.io/ft-enabled`` annotation, ``redis-password`` in rayStartParams, the
+    REDIS_PASSWORD / RAY_external_storage_namespace variables on the head), and one that sets
+    RAY_REDIS_ADDRESS without the options; the schemas cannot see any of that."""
+    spec = cluster["spec"]
+    options = spec.get("gcsFaultToleranceOptions")
+    annotations = (cluster.get("metadata") or {}).get("annotations") or {}
+    head = spec["headGroupSpec"]
+    env = {e.get("name") for c in _containers(head)[:1] for e in c.get("env") or []}
+    if options is None:
+        if "RAY_REDIS_ADDRESS" in env:
+            raise RenderError(f"cluster config {source}: RAY_REDIS_ADDRESS on the head turns GCS fault tolerance on "
+                              "without spec.gcsFaultToleranceOptions, which KubeRay refuses: set the options instead")
+        return
+    if FT_ANNOTATION in annotations:
+        raise RenderError(f"cluster config {source}: the {FT_ANNOTATION} annotation and spec.gcsFaultToleranceOptions "
+                          "are both set; KubeRay accepts only the options: drop the annotation")
+    if "redis-password" in (head.get("rayStartParams") or {}):
+        raise RenderError(f"cluster config {source}: redis-password in rayStartParams; with gcsFaultToleranceOptions "
+                          "KubeRay wants gcsFaultToleranceOptions.redisPassword (from a Secret)")
+    for name in ("REDIS_PASSWORD", "RAY_external_storage_namespace"):
+        if name in env:
+            raise RenderError(f"cluster config {source}: {name} on the head; with gcsFaultToleranceOptions KubeRay "
+                              "wants the options' redisPassword / externalStorageNamespace instead")
+    host = str(options.get("redisAddress", "")).removeprefix("redis://").rsplit(":", 1)[0]
+    if not host or host in _LOOPBACK:
+        raise RenderError(f"cluster config {source}: gcsFaultToleranceOptions.redisAddress is "
+                          f"{options.get('redisAddress')!r}: it must name the Redis Service (k8s/redis.yaml), which "
+                          "outlives the head pod")
 
 
 def _containers(group: dict[str, Any]) -> list[dict[str, Any]]:

@@ -17,6 +17,8 @@ does, plus:
 * the exit code follows the job's final state (see :data:`EXIT_CODES`).
 
 Only the JobSubmissionClient (HTTP to the dashboard) is used: nothing here joins the cluster.
+Under Ray's token authentication (on by default in Ray 2.60 once ``~/.ray/auth_token`` exists)
+the token is found where Ray's own clients look (:func:`auth_token`) and sent with every request.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sentiray import config
-from sentiray.config import STAGE_SECTIONS, ConfigError, JobConfig
+from sentiray.config import ConfigError, JobConfig
 
 # Variables a stage needs on the cluster: where MLflow is, how to reach S3, model hub tokens,
 # the teacher's endpoint key, and sentiray's own settings (e.g. SENTIRAY_PARENT_RUN_ID, which
@@ -172,17 +174,11 @@ def _path_in_working_dir(config_path: str | Path, working_dir: str | Path) -> st
 def lost_output_warnings(cfg: JobConfig, env: Mapping[str, str] | None) -> list[str]:
     """Inside a Ray job the working directory is a temporary copy: a relative local output or a
     relative SQLite MLflow store is written there and lost when the job ends."""
+    from sentiray import runtime
     from sentiray.data import storage
 
     warnings = []
-    outputs = {}
-    for name in STAGE_SECTIONS.get(cfg.stage, ()):
-        section = getattr(cfg, name)
-        if section is not None and isinstance(getattr(section, "output", None), str):
-            outputs[f"{name}.output"] = cfg.resolve(section.output)
-    if not outputs:  # a stage without an output field writes under storage.root
-        outputs["storage.root"] = cfg.storage.root
-    for key, uri in outputs.items():
+    for key, uri in runtime.output_uris(cfg).items():
         if not storage.is_remote(uri) and not uri.startswith("file://") and not os.path.isabs(uri):
             warnings.append(
                 f"{key} resolves to {uri!r}, a relative local path: the job writes it into its temporary "
@@ -271,15 +267,142 @@ def describe_address(address: str | None) -> str:
     return address or os.environ.get("RAY_ADDRESS") or "auto (a local cluster)"
 
 
+DEFAULT_TOKEN_PATH = Path("~/.ray/auth_token")
+TOKEN_HELP = ("set RAY_AUTH_TOKEN to the cluster's token, or RAY_AUTH_TOKEN_PATH to a file holding it "
+              "(`ray get-auth-token` on the head node prints it)")
+
+
+def auth_token(environ: Mapping[str, str] | None = None) -> tuple[str | None, str]:
+    """The Ray authentication token of this machine and where it came from, looked up as Ray's
+    own clients do: ``RAY_AUTH_TOKEN``, else the file ``RAY_AUTH_TOKEN_PATH`` names, else
+    ``~/.ray/auth_token`` (which any local ``ray.init()`` writes). ``RAY_AUTH_MODE=disabled``
+    means: send none.
+
+    Ray's JobSubmissionClient sends the token only when ``RAY_AUTH_MODE=token`` is set in the
+    client's environment, which a user who ran ``ray start --head`` has no reason to know; so
+    sentiray sends it whenever there is one, like ``ray.init()`` does for a local cluster."""
+    environ = os.environ if environ is None else environ
+    if environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        return None, "RAY_AUTH_MODE=disabled"
+    if environ.get("RAY_AUTH_TOKEN", "").strip():
+        return environ["RAY_AUTH_TOKEN"].strip(), "RAY_AUTH_TOKEN"
+    if environ.get("RAY_AUTH_TOKEN_PATH"):
+        path = Path(environ["RAY_AUTH_TOKEN_PATH"]).expanduser()
+        try:
+            token = path.read_text().strip()
+        except OSError as exc:
+            raise ClusterError(f"RAY_AUTH_TOKEN_PATH={path} cannot be read ({exc.strerror}); {TOKEN_HELP}") from None
+        if not token:
+            raise ClusterError(f"RAY_AUTH_TOKEN_PATH={path} is empty; {TOKEN_HELP}")
+        return token, f"RAY_AUTH_TOKEN_PATH={path}"
+    path = Path(os.path.expanduser(str(DEFAULT_TOKEN_PATH)))
+    with contextlib.suppress(OSError):
+        token = path.read_text().strip()
+        if token:
+            return token, str(path)
+    return None, "no RAY_AUTH_TOKEN, no RAY_AUTH_TOKEN_PATH and no ~/.ray/auth_token"
+
+
+def auth_refused(address: str | None, source: str, exc: Exception) -> ClusterError:
+    """Ray's AuthenticationError (a paragraph) as one line that says what to set."""
+    where = describe_address(address)
+    if "Forbidden" in str(exc) or "invalid" in str(exc).lower():
+        return ClusterError(f"the Ray cluster at {where} refused the authentication token from {source}; {TOKEN_HELP}")
+    return ClusterError(f"the Ray cluster at {where} requires an authentication token and none was sent "
+                        f"({source}); {TOKEN_HELP}")
+
+
 def connect(address: str | None):
     """A JobSubmissionClient for the dashboard at ``address`` (None: RAY_ADDRESS, else a local
-    cluster). Unreachable addresses become a ClusterError that names the address."""
+    cluster), sending this machine's Ray token if it has one. Unreachable addresses and refused
+    tokens become a ClusterError that names the address and what to do."""
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
+    _, source = auth_token()
     try:
-        return JobSubmissionClient(address)
+        return JobSubmissionClient(address, headers=auth_headers())  # its version check is already authenticated
+    except AuthenticationError as exc:
+        raise auth_refused(address, source, exc) from None
     except (OSError, RuntimeError, ValueError) as exc:  # refused, not a dashboard, bad address: no cluster there
         raise ClusterError(f"cannot reach a Ray dashboard at {describe_address(address)}: {exc}") from None
+
+
+def auth_headers() -> dict[str, str]:
+    token, _ = auth_token()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def state_client(address: str | None):
+    """Ray's state API client (nodes, actors, tasks) for the dashboard at ``address``, with the token."""
+    from ray.util.state import StateApiClient
+
+    return StateApiClient(address, headers={"Content-Type": "application/json", **auth_headers()})
+
+
+def alive_nodes(address: str | None) -> int:
+    """How many nodes of the cluster are alive, from its dashboard (Ray's state API)."""
+    from ray.util.state.common import ListApiOptions, StateResource
+
+    try:
+        nodes = state_client(address).list(StateResource.NODES, options=ListApiOptions(filters=[("state", "=", "ALIVE")]),
+                            raise_on_missing_output=False)
+    except Exception as exc:  # noqa: BLE001 (the state API raises its own error types, and requests')
+        raise ClusterError(f"cannot list the nodes of the cluster at {describe_address(address)}: {exc}") from None
+    return len(nodes)
+
+
+MAX_STATE_ROWS = 10_000  # the most rows Ray's state API returns by default
+
+
+@dataclass
+class Retries:
+    """What a job's Ray tasks went through: attempts after the first (a task re-run because its
+    worker, actor or node was lost, or because it raised and was retried), and actor restarts."""
+
+    tasks: int
+    actor_restarts: int
+
+    def line(self) -> str | None:
+        if not (self.tasks or self.actor_restarts):
+            return None
+        return (f"{self.tasks} task(s) retried, {self.actor_restarts} actor restart(s): a worker, an actor or a node "
+                "was lost on the way and Ray ran the work again")
+
+
+def job_retries(client, submission_id: str) -> Retries | None:
+    """Counted from Ray's state API (task attempts, actor restarts) for the job's Ray job id;
+    None when the cluster keeps no record of it."""
+    from ray.util.state.common import ListApiOptions, StateResource
+
+    job = job_info(client, submission_id)
+    if not job.job_id:  # the driver never started
+        return None
+    state = state_client(client.get_address())
+    try:
+        tasks = state.list(StateResource.TASKS, options=ListApiOptions(
+            filters=[("job_id", "=", job.job_id), ("attempt_number", "!=", 0)], limit=MAX_STATE_ROWS, detail=True),
+            raise_on_missing_output=False)
+        actors = state.list(StateResource.ACTORS, options=ListApiOptions(
+            filters=[("job_id", "=", job.job_id)], limit=MAX_STATE_ROWS, detail=True), raise_on_missing_output=False)
+    except Exception:  # noqa: BLE001 (a best-effort report: the state API may be off or have dropped old events)
+        return None
+    return Retries(tasks=len({_field(t, "task_id") for t in tasks}),
+                   actor_restarts=sum(_field(a, "num_restarts") or 0 for a in actors))
+
+
+def _field(item: Any, name: str) -> Any:
+    """A field of a state API row (a dataclass, or a dict in some Ray versions)."""
+    return item[name] if isinstance(item, dict) else getattr(item, name)
+
+
+def check_shared_storage(cfg: JobConfig, address: str | None) -> None:
+    """Before anything is uploaded: on a multi-node cluster, outputs on one node's disk fail here
+    (the same check the stage makes when it starts, see ``sentiray.runtime.check_shared_storage``)."""
+    from sentiray import runtime
+
+    if runtime.node_local_outputs(cfg):  # else no need to ask the cluster
+        runtime.check_shared_storage(cfg, alive_nodes(address))
 
 
 def status_of(job_or_status: Any) -> str:

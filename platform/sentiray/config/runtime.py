@@ -15,7 +15,8 @@ class StorageConfig(Section):
 
 class RayConfig(Section):
     address: str | None = Field(None, description="Ray cluster address; None starts (or joins, via RAY_ADDRESS) a local one.")
-    num_cpus: int | None = Field(None, ge=1, description="CPUs for a local cluster started by sentiray.")
+    num_cpus: int | None = Field(None, ge=1, description="Logical CPUs of a local cluster started by sentiray "
+                                    "(default: the machine's cores, at least 4).")
     namespace: str | None = None
     runtime_env: dict[str, Any] = Field(default_factory=dict)
 
