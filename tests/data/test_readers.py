@@ -325,8 +325,9 @@ def test_mmsa_pickle(tmp_path):
     assert np.array(train["mosi-train-vid$_$1"]["audio"]).shape == (5, 3)
     assert np.array(row2["audio"]).shape == (4, 3) and np.array(row2["vision"]).shape == (4, 5)
     assert row0["audio"][1][2] == 0.0
-    assert row2["audio"][0] == blob["train"]["audio"][2, 0].tolist()  # float32 values unchanged
-    assert train["mosi-train-vid$_$1"]["audio"][0] == [0.0, 0.0, 0.0]
+    assert row0["audio"].dtype == np.float32 and row0["audio"].flags.c_contiguous  # float32 arrays, not lists
+    assert row2["audio"][0].tolist() == blob["train"]["audio"][2, 0].tolist()  # float32 values unchanged
+    assert train["mosi-train-vid$_$1"]["audio"][0].tolist() == [0.0, 0.0, 0.0]
     assert data.notes["nonfinite_replaced"] == {"audio": 4, "vision": 0}  # 1 in row 0, 3 in row 1
     assert json.loads(row0["meta"])["clip_id"] == "vid$_$0"
     assert [r["id"] for r in data.splits["dev"]] == ["mosi-dev-dev$_$0", "mosi-dev-dev$_$1"]
@@ -368,7 +369,8 @@ def test_reader_output_round_trips_through_parquet(tmp_path):
             got = back[row["id"]]
             assert np.array(got["audio"]).shape == np.array(row["audio"]).shape
             assert np.array(got["vision"]).shape == np.array(row["vision"]).shape
-            assert got["audio"] == row["audio"] and got["score"] == pytest.approx(row["score"])
+            assert got["audio"].dtype == np.float32 and np.array_equal(got["audio"], row["audio"])
+            assert got["score"] == pytest.approx(row["score"])
     assert len(schema.read_rows(out, "rejects")) == 3
 
 
@@ -440,8 +442,8 @@ def test_meld_features_pickle(tmp_path):
     train = by_id(data, "train")
     assert np.array(train["meld-train-dia0_utt0"]["audio"]).shape == (3, 4)
     assert np.array(train["meld-train-dia0_utt0"]["vision"]).shape == (2, 5)
-    assert train["meld-train-dia0_utt1"]["audio"] == [[0.0, 1.0, 2.0, 3.0]]
-    assert train["meld-train-dia0_utt1"]["vision"][1] == [1.0, 1.0, 1.0, 0.0, 1.0]
+    assert train["meld-train-dia0_utt1"]["audio"].tolist() == [[0.0, 1.0, 2.0, 3.0]]
+    assert train["meld-train-dia0_utt1"]["vision"][1].tolist() == [1.0, 1.0, 1.0, 0.0, 1.0]
     assert np.array(train["meld-train-dia1_utt0"]["audio"]).shape == (2, 4) and train["meld-train-dia1_utt0"]["vision"] is None
     assert np.array(data.splits["dev"][0]["vision"]).shape == (1, 5)
     assert data.splits["test"][0]["audio"] is None
@@ -452,5 +454,5 @@ def test_meld_features_pickle(tmp_path):
     flat = {f"meld-{'dev' if s == 'valid' else s}-{k}": v for s, per in nested.items() for k, v in per.items()}
     path.write_bytes(pickle.dumps(flat))
     again = read_dataset(DataConfig(format="meld", input=str(tmp_path / "MELD"), features=str(path)))
-    assert by_id(again, "train")["meld-train-dia0_utt1"]["audio"] == [[0.0, 1.0, 2.0, 3.0]]
+    assert by_id(again, "train")["meld-train-dia0_utt1"]["audio"].tolist() == [[0.0, 1.0, 2.0, 3.0]]
     assert again.notes["missing_features"] == 1

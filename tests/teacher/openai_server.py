@@ -10,7 +10,9 @@ Run as a script (a subprocess, so that tests can kill and restart it)::
 :class:`sentiray.models.generation.Generator`, one request at a time (a lock), after
 ``--delay-s`` of simulated network/queueing latency that requests spend concurrently.
 Faults, drawn per request with a seeded RNG: HTTP 429, HTTP 500, or a slow answer
-(``--slow-s`` before answering). Each fault is appended to ``--faults-log`` once sent, so
+(``--slow-s`` before answering). Deterministic ones: ``--fail-if TEXT`` answers HTTP 500 to
+every prompt containing TEXT (e.g. only the label-conditioned pass 2), and ``--answer TEXT``
+replies TEXT instead of the model's generation (a teacher whose label is known). Each fault is appended to ``--faults-log`` once sent, so
 that counts survive a kill. The port opens only once the model is loaded.
 
 :class:`ServerProcess` starts, kills and restarts it from tests and benchmarks.
@@ -41,7 +43,7 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parents[2]
 
 
-FAULT_KNOBS = ("p429", "p500", "pslow", "slow_s", "delay_s", "retry_after")
+FAULT_KNOBS = ("p429", "p500", "pslow", "slow_s", "delay_s", "retry_after", "fail_if", "answer")
 
 
 class State:
@@ -156,6 +158,8 @@ def make_handler(state: State):
 
         def _answer(self, body: dict, prompt: str, image) -> None:
             fault = state.draw_fault()
+            if state.args.fail_if and state.args.fail_if in prompt:
+                fault = "500"
             try:
                 if fault == "429":
                     headers = {"Retry-After": str(state.args.retry_after)} if state.args.retry_after is not None else {}
@@ -172,8 +176,13 @@ def make_handler(state: State):
                 max_tokens = min(int(body.get("max_tokens") or 64), state.args.max_tokens_cap)
                 temperature = float(body.get("temperature") or 0.0)
                 with state.lock:
-                    out = state.generator.generate([prompt], [image], max_new_tokens=max_tokens,
-                                                   temperature=temperature, seed=body.get("seed"))[0]
+                    if state.args.answer is not None:
+                        from sentiray.models.generation import Generated
+
+                        out = Generated(text=state.args.answer, new_tokens=len(state.args.answer.split()))
+                    else:
+                        out = state.generator.generate([prompt], [image], max_new_tokens=max_tokens,
+                                                       temperature=temperature, seed=body.get("seed"))[0]
                     state.served += 1
                 prompt_tokens = len(state.generator.encoder.encode_prompt(prompt, image).input_ids)
                 self._send(200, {
@@ -203,6 +212,8 @@ def main(argv=None) -> None:
     p.add_argument("--slow-s", type=float, default=3.0)
     p.add_argument("--delay-s", type=float, default=0.0)
     p.add_argument("--retry-after", type=float, default=None)
+    p.add_argument("--fail-if", default=None, help="HTTP 500 for every prompt containing this text")
+    p.add_argument("--answer", default=None, help="reply this text instead of generating")
     p.add_argument("--max-tokens-cap", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--faults-log", default=None)

@@ -44,6 +44,21 @@ class TeacherConfig(Section):
         0.5, gt=0, le=1, description="Stop the run (nothing committed) when more than this share of a shard's rows "
         "fail with teacher errors: the teacher is down, not the rows bad."
     )
+    allow_rejects: bool = Field(
+        False, description="Finish (write _manifest.json, exit 0) even when rows are left rejected for teacher-side "
+        "failures (429, 5xx, timeouts, refused connections after the retries). By default such a run exits non-zero "
+        "and leaves the output incomplete; rerunning the same command retries just those rows."
+    )
+    keep_disagreeing_pass2: bool = Field(
+        False, description="Keep for training (use_for_training=true) the rows whose chain still disagrees with the "
+        "gold label after pass 2 was tried: a pass-2 chain whose parsed label is not the gold one, or the wrong pass-1 "
+        "chain kept because pass 2 failed. Either way the row keeps its chain and its rationale_note."
+    )
+    lease_ttl_s: float = Field(
+        60, gt=0, description="A run holds a lease on data.output (_lease.json, heartbeat every ttl/4). Another run's "
+        "lease counts as abandoned after this many seconds without a heartbeat (at once if its process on this host "
+        "is gone); until then a second run on the same output stops with an error naming the first."
+    )
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="vllm: extra vllm.LLM arguments (tensor_parallel_size, ...).")
 
     @model_validator(mode="after")

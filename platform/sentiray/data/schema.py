@@ -20,6 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -37,7 +38,14 @@ POLARITY_TAGS = {"POS": "positive", "NEU": "neutral", "NEG": "negative"}
 CHAIN_FIELDS = ("Text_analysis", "Image_analysis", "Conflict_resolution", "Final_conclusion", "Prediction")
 
 SPAN_TYPE = pa.struct([("start", pa.int32()), ("end", pa.int32()), ("polarity", pa.string())])
+# Audio / vision feature sequences, T x D per row. On disk: list<list<float32>> (the frames), whose
+# values buffer is one contiguous float32 array, so a whole column decodes into zero-copy numpy
+# views (:func:`features_from_arrow`); in memory a row holds a 2-D float32 ndarray, never Python
+# float lists (32 bytes a value instead of 4: a full MOSEI would need tens of GB). A fixed-size
+# list would fix D in the schema, which differs per data set; a flat list + shape column would
+# change the canonical columns. Nested lists written before (any float type) read the same.
 FEATURES_TYPE = pa.list_(pa.list_(pa.float32()))
+FEATURE_COLUMNS = ("audio", "vision")
 
 # Column -> type. Every column but id/task/text/source is nullable.
 CANONICAL_FIELDS: list[pa.Field] = [
@@ -120,12 +128,70 @@ def canonical_row(**values: Any) -> dict[str, Any]:
     return row
 
 
+def as_features(value: Any, name: str = "features") -> np.ndarray | None:
+    """A T x D feature sequence (ndarray or nested lists) as a C-contiguous 2-D float32 array."""
+    if value is None:
+        return None
+    array = np.ascontiguousarray(value, dtype=np.float32)
+    if array.ndim != 2:
+        raise DataError(f"{name}: expected a T x D sequence of frames, got shape {array.shape}")
+    return array
+
+
+def features_to_arrow(values: list[Any], name: str = "features") -> pa.Array:
+    """A column of T x D sequences (or None) -> list<list<float32>>, built from offsets over one
+    float32 buffer (no Python floats on the way)."""
+    arrays = [as_features(v, name) for v in values]
+    frames = np.zeros(len(arrays) + 1, dtype=np.int32)
+    np.cumsum([0 if a is None else a.shape[0] for a in arrays], out=frames[1:])
+    widths = np.concatenate([np.full(a.shape[0], a.shape[1], dtype=np.int64) for a in arrays if a is not None] or
+                            [np.zeros(0, dtype=np.int64)])
+    values_offsets = np.zeros(len(widths) + 1, dtype=np.int32)
+    np.cumsum(widths, out=values_offsets[1:])
+    flat = np.concatenate([a.reshape(-1) for a in arrays if a is not None] or [np.zeros(0, dtype=np.float32)])
+    inner = pa.ListArray.from_arrays(pa.array(values_offsets), pa.array(flat, type=pa.float32()))
+    mask = pa.array([a is None for a in arrays])
+    return pa.ListArray.from_arrays(pa.array(frames), inner, mask=mask if any(a is None for a in arrays) else None,
+                                    type=FEATURES_TYPE)
+
+
+def features_from_arrow(column: pa.ChunkedArray | pa.Array) -> list[np.ndarray | None]:
+    """A list<list<float>> column -> one read-only T x D float32 view per row (None for nulls).
+
+    Rows whose frames differ in width (not a T x D array) raise DataError."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    out: list[np.ndarray | None] = []
+    for chunk in chunks:
+        chunk = chunk.cast(FEATURES_TYPE) if chunk.type != FEATURES_TYPE else chunk
+        outer = chunk.offsets.to_numpy()  # frame offsets per row (slice-aware)
+        inner_arr = chunk.values
+        inner = inner_arr.offsets.to_numpy()
+        flat = inner_arr.values.to_numpy(zero_copy_only=False)
+        valid = chunk.is_valid().to_numpy(zero_copy_only=False)
+        for i in range(len(chunk)):
+            if not valid[i]:
+                out.append(None)
+                continue
+            lo, hi = outer[i], outer[i + 1]
+            widths = np.diff(inner[lo : hi + 1])
+            width = int(widths[0]) if len(widths) else 0
+            if len(widths) and (widths != width).any():
+                raise DataError(f"a feature sequence has frames of different widths {sorted(set(widths.tolist()))}")
+            array = flat[inner[lo] : inner[hi]].reshape(hi - lo, width)
+            array.flags.writeable = False  # a view into the Arrow buffer
+            out.append(array)
+    return out
+
+
 def to_table(rows: list[dict[str, Any]], schema: pa.Schema = CANONICAL_SCHEMA) -> pa.Table:
     """Rows -> table in ``schema``; extra columns (e.g. rationale columns) are kept after it."""
     if not rows:
         return schema.empty_table()
     extra = [k for k in rows[0] if k not in schema.names]
-    columns = {name: [r.get(name) for r in rows] for name in schema.names}
+    columns: dict[str, Any] = {name: [r.get(name) for r in rows] for name in schema.names}
+    for name in FEATURE_COLUMNS:
+        if name in columns:
+            columns[name] = features_to_arrow(columns[name], name)
     table = pa.Table.from_pydict(columns, schema=schema)
     for name in extra:
         table = table.append_column(name, pa.array([r.get(name) for r in rows]))
@@ -203,8 +269,23 @@ def read_table(uri: str, split: str, columns: Iterable[str] | None = None) -> pa
     return pa.concat_tables(tables, promote_options="default")
 
 
+def table_rows(table: pa.Table) -> list[dict[str, Any]]:
+    """A table's rows as dicts; feature columns as float32 arrays (:func:`features_from_arrow`)."""
+    features = [c for c in FEATURE_COLUMNS if c in table.column_names]
+    rows = table.drop_columns(features).to_pylist() if features else table.to_pylist()
+    if not rows and table.num_rows:
+        rows = [{} for _ in range(table.num_rows)]
+    for name in features:
+        for row, value in zip(rows, features_from_arrow(table.column(name))):
+            row[name] = value
+    if features:  # keep the table's column order
+        order = table.column_names
+        rows = [{k: row[k] for k in order} for row in rows]
+    return rows
+
+
 def read_rows(uri: str, split: str, columns: Iterable[str] | None = None) -> list[dict[str, Any]]:
-    return read_table(uri, split, columns).to_pylist()
+    return table_rows(read_table(uri, split, columns))
 
 
 def split_uris(uri: str, split: str) -> list[str]:

@@ -171,27 +171,51 @@ def copy_dir(src: str, dst: str) -> None:
         fs.get_file(remote, str(dest))
 
 
+def _listing_fingerprint(fs, path: str) -> tuple[str, dict[str, dict[str, Any]]]:
+    """A digest of the objects under ``path`` (key, size, ETag, else mtime) and the listing itself."""
+    import hashlib
+
+    listing = fs.find(path, detail=True)
+    digest = hashlib.sha256()
+    for key in sorted(listing):
+        info = listing[key]
+        stamp = info.get("ETag") or info.get("LastModified") or info.get("mtime") or ""
+        digest.update(f"{key}\x1f{info.get('size')}\x1f{stamp}\n".encode())
+    return digest.hexdigest(), listing
+
+
 def local_copy(uri: str, cache_dir: str | None = None) -> str:
-    """A local directory holding the tree at ``uri``: the path itself when local,
-    else a download into a cache keyed by the URI (reused when already complete)."""
+    """A local directory holding the tree at ``uri``: the path itself when local, else a
+    download into a cache keyed by the URI, reused while the prefix is unchanged.
+
+    Each call lists the prefix (one request) and compares a fingerprint of the listing
+    (keys, sizes, ETags) with the copy's: a model or data set rewritten under the same URI
+    is downloaded again, never served stale. The path stays the same across refreshes.
+    """
     if not is_remote(uri):
         return filesystem(uri)[1]
     cache_root = Path(cache_dir or os.environ.get("SENTIRAY_CACHE", Path(tempfile.gettempdir()) / "sentiray-cache"))
     key = uri.split("://", 1)[1].strip("/").replace("/", "__")
     target = cache_root / key
     done = target / ".sentiray-complete"
-    if done.exists():
-        return str(target)
     fs, path = filesystem(uri)
+    fingerprint, listing = _listing_fingerprint(fs, path)
+    if done.exists() and done.read_text().strip() == fingerprint:
+        return str(target)
     tmp = cache_root / f"{key}.partial-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True, exist_ok=True)
-    for remote in fs.find(path):
+    for remote in listing:
         rel = posixpath.relpath(remote, path)
         dest = tmp / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         fs.get_file(remote, str(dest))
-    (tmp / ".sentiray-complete").write_text(uri)
+    # The fingerprint of the listing taken before the download: an object changed while we
+    # copied makes the next call's listing differ, so that call downloads again.
+    (tmp / ".sentiray-complete").write_text(fingerprint)
     if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
+        shutil.rmtree(target, ignore_errors=True)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process (an actor on this node) put its fresh copy there first
+        shutil.rmtree(tmp, ignore_errors=True)
     return str(target)

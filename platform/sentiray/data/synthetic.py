@@ -12,8 +12,11 @@ of canonical rows (source ``"synthetic"``). What is planted, per task:
   :data:`FUSION_RULE` (see :func:`fuse`), which needs both modalities.
 * ``masc``: a tweet about one or two named aspects (:data:`ASPECTS`), each with its own
   sentiment word right next to it; the picture shows the mood of the *main* (first)
-  aspect. Sometimes the text mentions the main aspect without any sentiment word and only
-  the picture carries it. One row per (post, aspect).
+  aspect. In :data:`IMPLICIT_SHARE` of the posts the main aspect is named with no cue word
+  at all (:data:`IMPLICIT_CLAUSES`, ``meta.aspects[0].implicit``) and only the picture
+  decides its polarity, uniformly one of the three: the words of such a post say nothing
+  about it (nor does the connector to a second aspect, which follows the words' stance),
+  so a text-only model is at chance (1/3) on those aspects. One row per (post, aspect).
 * ``mabsa``: the same posts, one row per post, with ``words`` and ``spans``.
 * ``msa``: a score in [-3, 3] (some exactly 0), words whose intensity matches it
   (:data:`MSA_INTENSITY_WORDS`), and audio / vision sequences whose patterns encode it (see
@@ -105,6 +108,9 @@ ASPECT_CLAUSES = {
 }
 # A mention of the main aspect without any sentiment word (the picture carries its mood).
 IMPLICIT_CLAUSES = ("{A} at the {topic} {time}", "with {A} at the {topic}", "{A} {time}")
+# Share of aspect posts whose main aspect is implicit (its polarity is the picture's, any of
+# the three): about a quarter of masc rows, the rows where reading the image is the only way.
+IMPLICIT_SHARE = 0.35
 NEUTRAL_ASPECT_WORDS = ("scheduled", "announced", "listed", "planned", "updated", "confirmed")
 
 # msa: four intensity tiers per sign; |score| picks the tier (see _msa_tier).
@@ -209,9 +215,9 @@ def _tidy(text: str) -> str:
     return " ".join(text.split())
 
 
-def _floats(arr: np.ndarray) -> list[list[float]]:
-    # float32-rounded python floats: what the Parquet column (float32) will hold anyway.
-    return arr.astype(np.float32).tolist()
+def _floats(arr: np.ndarray) -> np.ndarray:
+    # T x D float32, what the Parquet column holds: 4 bytes a value, not a Python float each.
+    return np.ascontiguousarray(arr, dtype=np.float32)
 
 
 def split_counts(size: int, ratios: Sequence[float]) -> dict[str, int]:
@@ -434,7 +440,7 @@ def _aspect_post(rng: Rng, image_size: int, n_aspects: int) -> dict[str, Any]:
     for k, term in enumerate(terms):
         polarity = main_sentiment if k == 0 else _pick(rng, SENTIMENT_LABELS)
         # The main aspect is sometimes named without any sentiment word; then only the picture carries it.
-        implicit = k == 0 and polarity != "neutral" and rng.random() < 0.25
+        implicit = k == 0 and rng.random() < IMPLICIT_SHARE
         if implicit:
             clause, stance, cue = _pick(rng, IMPLICIT_CLAUSES), "neutral", None
         elif polarity == "neutral":
@@ -442,7 +448,9 @@ def _aspect_post(rng: Rng, image_size: int, n_aspects: int) -> dict[str, Any]:
         else:
             clause, stance, cue = _pick(rng, ASPECT_CLAUSES[polarity]), polarity, _pick(rng, SENTIMENT_ADJECTIVES[polarity])
         if k == 1:
-            words.append("but" if polarity != aspects[0]["polarity"] else _pick(rng, (",", "and", ".")))
+            # From what the words show (the stance), never the hidden polarity: "but" after an
+            # implicit main aspect must not tell a text-only model anything about it.
+            words.append("but" if stance != aspects[0]["text_stance"] else _pick(rng, (",", "and", ".")))
         start = None
         clause_words = []
         for token in clause.split():
@@ -472,11 +480,38 @@ def _aspect_text_reading(aspect: dict[str, Any]) -> str:
     return f"Next to '{term}' the text says '{aspect['cue']}' ('{aspect['clause']}'): {aspect['polarity']} toward it."
 
 
+def post_text_reading(aspects: Sequence[dict[str, Any]]) -> str:
+    """LRSA's text explanation of an aspect post: per aspect, in text order, the word that
+    carries its sentiment and the stance the words take (``aspects`` as in a row's ``meta``).
+    Short, so that a tiny teacher can learn to write it: it must copy the names and words."""
+    if not aspects:
+        return "The text names no person, place or product."
+    parts = []
+    for a in aspects:
+        if a["cue"] is None:
+            parts.append(f"'{a['term']}' comes with no sentiment word: neutral.")
+        else:
+            parts.append(f"'{a['term']}' comes with '{a['cue']}': {a['text_stance']}.")
+    return " ".join(parts)
+
+
+def aspect_rationales(row: dict[str, Any]) -> dict[str, str]:
+    """LRSA's two rationales as a perfect teacher would write them for a masc / mabsa row: the
+    post-level text explanation and the picture's description (what the demo teacher is fitted
+    to write; also an oracle for tests and ablations)."""
+    meta = json.loads(row["meta"]) if isinstance(row.get("meta"), str) else row["meta"]
+    return {"text_explanation": post_text_reading(meta["aspects"]),
+            "image_description": parse_chain(row["gold_chain"])["Image_analysis"]}
+
+
 def _aspect_resolution(post: dict[str, Any], k: int) -> tuple[str, str]:
     """(sentence, rule) explaining how aspect k's label follows from text and image."""
     aspect, image_s = post["aspects"][k], post["image_sentiment"]
     label, term = aspect["polarity"], aspect["term"]
     if k == 0:
+        if aspect["implicit"] and image_s == "neutral":
+            return (f"The text names '{term}' without any sentiment word and the image, which goes with this main "
+                    f"subject of the post, carries no emotion either, so the attitude is neutral."), "agree"
         if aspect["implicit"]:
             return (f"The text is neutral toward '{term}' while the image, which goes with this main subject of the post, "
                     f"is {image_s}; the polar modality carries the sentiment, so the attitude is {label}."), "polar_over_neutral"

@@ -15,8 +15,9 @@ same keys), so the rationale pipeline does not care who answers:
   installed; otherwise :func:`require_vllm` says so plainly before anything starts.
 
 A request that cannot be answered gets an ``error`` of the form ``"category: detail"``
-(``unreadable image: ...``, ``teacher error: ...``); it never raises, so one bad row does
-not stop the others.
+(``unreadable image: ...``, ``over-long text: ...``, ``teacher error: ...``); it never raises,
+so one bad row does not stop the others. ``teacher error`` means the teacher failed (and a
+later run may succeed); the other categories are about the row itself.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import importlib.util
 import io
 import os
 import random
+import re
 import threading
 import time
 from collections import Counter, defaultdict
@@ -37,7 +39,11 @@ from typing import Any
 from sentiray.config import ConfigError, TeacherConfig
 
 UNREADABLE_IMAGE = "unreadable image"
+OVERLONG_TEXT = "over-long text"
 TEACHER_ERROR = "teacher error"
+# How servers say a prompt does not fit the model (vLLM: "maximum context length is ...",
+# OpenAI: "context_length_exceeded"). Such a 4xx is the row's fault: retrying cannot help.
+_OVERLONG = re.compile(r"context.length|too long|maximum context|reduce the length|too many tokens", re.IGNORECASE)
 
 
 @dataclass
@@ -264,7 +270,11 @@ class OpenAIBackend:
                     last = f"HTTP {resp.status_code}: {detail}"
                     retry_after = _retry_after(resp.headers.get("Retry-After"))
                 else:  # 4xx: the request itself is wrong (bad model name, key, body); retrying cannot help
-                    return Answer(req.key, error=f"{TEACHER_ERROR}: HTTP {resp.status_code} from {self.url}: {detail}",
+                    # A prompt too long for the model is this row's content; a bad key or model
+                    # name is the set-up's, so it stays a teacher error and a fixed rerun retries it.
+                    overlong = resp.status_code in (400, 413, 422) and _OVERLONG.search(detail)
+                    category = OVERLONG_TEXT if overlong else TEACHER_ERROR
+                    return Answer(req.key, error=f"{category}: HTTP {resp.status_code} from {self.url}: {detail}",
                                   retries=sum(causes.values()), retry_causes=dict(causes))
             if attempt == self.max_retries:
                 break

@@ -5,7 +5,9 @@ metrics would mean nothing. ``fit_demo_teacher`` gives the demo a teacher that w
 chains in the MulCoT format with mostly correct predictions: a short, plain-PyTorch
 fine-tune of the tiny VLM on the *train* split's gold chains (never dev or test), for
 every prompt kind the teacher stage uses (label-free chain, label-conditioned
-rationalization, LRSA's text explanation and image description). The result is an
+rationalization, LRSA's text explanation and image description; mabsa rows, which have no
+post label, only the latter two). :func:`rationale_signal` measures how often its LRSA
+rationales carry the planted signal. The result is an
 ordinary HF folder that goes through the very same ``hf`` backend as any real teacher.
 
 It is a stand-in, and says so: it has seen the gold chains of the samples it then
@@ -31,29 +33,77 @@ from sentiray import prompts
 from sentiray.prompts.parsing import parse_label
 
 MARKER = ".sentiray-demo-teacher.json"
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3  # 3: aspect posts' explanations per post, mabsa rows, a look prompt of its own
 DESCRIPTION = (
     "demo teacher: the tiny random-weight VLM fitted for a few hundred steps on the synthetic train split's "
     "gold chains (a stand-in for a large teacher such as Qwen2.5-VL-72B)"
 )
 
 
+# Stage 1's question (the image alone, a one-word answer); not a prompt the teacher stage asks.
+LOOK_PROMPT = "What mood does this picture convey? Answer with one word: positive, neutral or negative."
+ASPECT_TASKS = ("masc", "mabsa")
+
+
 def training_examples(row: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(kind, prompt, target) for one row with a gold chain: one per teacher prompt kind, plus
-    ``look``: the image's mood word, asked with the post's text left out (the fit's stage 1)."""
+    ``look``: the image's mood word, asked of the image alone (the fit's stage 1).
+
+    A row without a label (mabsa: spans, no post label) gets the LRSA rationales only: the
+    chains there would go unused (LRSA does not read them)."""
     chain = row["gold_chain"]
     fields = chains.parse_chain(chain)
-    out = [("chain", prompts.render("chain", row), chain),
-           ("rationalize", prompts.render("rationalize", row, label=row["label"]), chain)]
-    # LRSA rationales: the chain's text and image analyses are what those prompts ask for.
-    if fields.get("Text_analysis"):
-        out.append(("explain_text", prompts.render("explain_text", row), fields["Text_analysis"]))
+    out = []
+    if row.get("label"):
+        out += [("chain", prompts.render("chain", row), chain),
+                ("rationalize", prompts.render("rationalize", row, label=row["label"]), chain)]
+    # LRSA rationales: the chain's text and image analyses are what those prompts ask for; on
+    # aspect posts the explanation covers every aspect of the post in order (the prompt names
+    # none, so the rows of one post must share one target).
+    explanation = fields.get("Text_analysis")
+    if row.get("task") in ASPECT_TASKS and row.get("meta"):
+        from sentiray.data import synthetic
+
+        explanation = synthetic.aspect_rationales(row)["text_explanation"]
+    if explanation:
+        out.append(("explain_text", prompts.render("explain_text", row), explanation))
     if fields.get("Image_analysis") and prompts.has_image(row):
         out.append(("describe_image", prompts.render("describe_image", row), fields["Image_analysis"]))
         mood = parse_label(fields["Image_analysis"])
         if mood:
-            out.append(("look", prompts.render("describe_image", {**row, "text": ""}), mood))
+            out.append(("look", LOOK_PROMPT, mood))
     return out
+
+
+def rationale_signal(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """How often LRSA rationales written for synthetic aspect rows carry what was planted: the
+    image description names the picture's mood (all rows, and the rows where only the picture
+    decides the main aspect); the text explanation's k-th sentence gives the k-th aspect's stance
+    as planted (``text_stance``) and names it right (``text_terms``); the whole explanation is
+    the gold one word for word (``text_exact``)."""
+    import json
+
+    from sentiray.data import synthetic
+
+    mood, mood_implicit, stance, terms, exact = [], [], [], [], []
+    for row in rows:
+        meta = json.loads(row["meta"])
+        if row.get("image_description") is not None:
+            hit = parse_label(row["image_description"]) == meta["image_sentiment"]
+            mood.append(hit)
+            if meta["aspects"] and meta["aspects"][0]["implicit"]:
+                mood_implicit.append(hit)
+        explanation = row.get("text_explanation")
+        if explanation is not None:
+            exact.append(explanation.strip() == synthetic.aspect_rationales(row)["text_explanation"])
+            sentences = [x for x in explanation.split(". ") if x.strip()]  # one per aspect, in text order
+            for k, aspect in enumerate(meta["aspects"]):
+                reading = sentences[k] if k < len(sentences) else ""
+                stance.append(parse_label(reading) == aspect["text_stance"])
+                terms.append(f"'{aspect['term']}'" in reading)
+    share = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    return {"image_mood": share(mood), "image_mood_implicit": share(mood_implicit), "text_stance": share(stance),
+            "text_terms": share(terms), "text_exact": share(exact), "rows": float(len(rows))}
 
 
 def _train(model, encoder, items, steps: int, groups: list[dict[str, Any]], batch_size: int, rng: random.Random,
@@ -70,6 +120,9 @@ def _train(model, encoder, items, steps: int, groups: list[dict[str, Any]], batc
         return 0.5 * (1 + math.cos(math.pi * (s - n_warm) / max(1, steps - n_warm))) if warmup else 1.0
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    from sentiray import console
+
+    bar = console.quiet_progress(steps, f"demo teacher ({stage})", unit="step")
     order: list[int] = []
     start, recent = time.perf_counter(), []
     for step in range(1, steps + 1):
@@ -83,11 +136,16 @@ def _train(model, encoder, items, steps: int, groups: list[dict[str, Any]], batc
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         recent.append(loss.item())
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(f"loss {loss.item():.3f}", refresh=False)
         if step % log_every == 0 or step == steps:
             elapsed = time.perf_counter() - start
             print(f"demo teacher [{stage}]: step {step}/{steps}  loss {sum(recent) / len(recent):.3f}  "
                   f"{step / elapsed:.1f} steps/s  ETA {elapsed / step * (steps - step):.0f}s")
             recent = []
+    if bar is not None:
+        bar.close()
 
 
 def _signature(vlm_path: str, data_uri: str, **settings: Any) -> dict[str, Any]:
@@ -131,9 +189,9 @@ def fit_demo_teacher(
         print(f"demo teacher: reusing {out_dir}")
         return out_dir
 
-    rows = [r for r in schema.read_rows(data_uri, "train") if r.get("gold_chain") and r.get("label")]
+    rows = [r for r in schema.read_rows(data_uri, "train") if r.get("gold_chain")]
     if not rows:
-        raise schema.DataError(f"{data_uri} has no train rows with a gold_chain and a label to fit the demo teacher on")
+        raise schema.DataError(f"{data_uri} has no train rows with a gold_chain to fit the demo teacher on")
 
     with torch.random.fork_rng(devices=[]):  # do not disturb the caller's random stream
         torch.manual_seed(seed)

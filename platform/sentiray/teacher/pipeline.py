@@ -11,7 +11,11 @@ Per row (MulCoT-RD, method.md section 1):
    method.md (:func:`~sentiray.teacher.parsing.parse_label`);
 2. pass 2, only where pass 1 is wrong or unparseable and the split is in
    ``teacher.rationalize_splits`` (default train: the gold label goes into the prompt, and
-   dev/test labels must not shape anything a model later sees); the chain kept is pass 2's;
+   dev/test labels must not shape anything a model later sees); the chain kept is pass 2's.
+   When pass 2 fails the row keeps its pass-1 chain, and when pass 2's chain still reads
+   another label than gold the row keeps that chain; either way ``rationale_note`` says so
+   and ``use_for_training`` is false (unless ``teacher.keep_disagreeing_pass2``): such a
+   chain argues for the wrong label;
 3. optionally (``teacher.lrsa_rationales``) LRSA's two rationales: a text explanation and
    an image description.
 
@@ -20,12 +24,22 @@ How it runs: the rows still to do stream through one ``map_batches`` over an act
 the whole run). The driver gathers the answers, joins them to their rows by id and
 commits every ``teacher.shard_rows`` rows as one Parquet file, written atomically. A rerun
 reads the ids of the committed files and skips them, so each id is written exactly once
-and committed shards are never recomputed, whatever killed the last run.
+and committed shards are never recomputed, whatever killed the last run. Actors that die
+are restarted by Ray and their batches retried; an answer that arrives twice is dropped by id.
+One run at a time writes an output: it holds ``URI/_lease.json`` (:class:`OutputLease`).
 
-Rows that cannot be processed (empty text, unreadable image, unknown label, teacher error
-after retries) go to ``URI/rejects/`` with the reason; the run goes on. When most of a
-shard fails with teacher errors the teacher is down rather than the rows bad: the run
-stops without committing that shard (``teacher.max_error_fraction``), to resume later.
+Rows that cannot be processed go to ``URI/rejects/`` with the reason; the run goes on.
+Two kinds (:func:`is_teacher_side`):
+
+- content rejects (empty text, unreadable image, unknown label, over-long text, an empty
+  answer) are final: a rerun would get the same;
+- teacher-side rejects (``teacher error: ...``: 429, 5xx, timeouts, refused connections
+  after the retries) are asked again by the next run of the same command. A run that ends
+  with any exits with :class:`TeacherRejects` and writes no manifest, unless
+  ``teacher.allow_rejects``.
+
+When most of a shard fails with teacher errors the teacher is down rather than the rows
+bad: the run stops without committing that shard (``teacher.max_error_fraction``).
 """
 
 from __future__ import annotations
@@ -36,7 +50,11 @@ import io
 import json
 import os
 import re
+import socket
+import threading
 import time
+import uuid
+import warnings
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -52,6 +70,7 @@ from sentiray.data import schema, storage
 from sentiray.data.images import ImageError
 from sentiray import prompts
 from sentiray.teacher.backends import (
+    TEACHER_ERROR,
     UNREADABLE_IMAGE,
     Request,
     make_backend,
@@ -72,6 +91,12 @@ RATIONALE_FIELDS: list[pa.Field] = [
     pa.field("image_description", pa.string()),  # LRSA: description of the image (null without image)
     pa.field("rationale_tokens", pa.int32()),  # tokens of the kept chain
     pa.field("teacher_tokens", pa.int32()),  # tokens generated for this row, all passes
+    # Why the kept chain is suspect, null when it is not: "pass 2 failed: <error>" (the pass-1
+    # chain was kept) or "pass 2 disagrees: ..." (pass 2's chain reads another label than gold).
+    pa.field("rationale_note", pa.string()),
+    # May training learn this row's chain: false for the rows noted above, unless
+    # teacher.keep_disagreeing_pass2. Training filters rows on it.
+    pa.field("use_for_training", pa.bool_()),
 ]
 RATIONALE_COLUMNS = tuple(f.name for f in RATIONALE_FIELDS)
 OUTPUT_SCHEMA = pa.schema(schema.CANONICAL_FIELDS + RATIONALE_FIELDS)
@@ -88,11 +113,49 @@ WORK_COLUMNS = ("id", "task", "text", "aspect", "label", "image", "image_uri")
 
 SUPPORTED_TASKS = ("msc", "masc", "mabsa")
 JOB_FILE = "_rationales_job.json"  # the settings that produced the committed shards
+LEASE_FILE = "_lease.json"  # held by the one run writing the output
+PASS2_FAILED = "pass 2 failed"
+PASS2_DISAGREES = "pass 2 disagrees"
+# Ray restarts a dead actor (a teacher is only a model host) without limit, and retries the
+# batch it held a few times: a batch that kills its actor every time fails the run instead.
+ACTOR_TASK_RETRIES = 3
 _PART = re.compile(r"^(?:(?P<split>train|dev|test)-)?part-(?P<index>\d+)\.parquet$")
 
 
-class TeacherFailing(RuntimeError):
+class RationalesIncomplete(RuntimeError):
+    """The run stopped before the output was complete; the message says why and what to do.
+    The command line prints it as one ``error:`` line and exits 1."""
+
+
+class TeacherFailing(RationalesIncomplete):
     """Most rows of a shard failed with teacher errors: the teacher is down; resume later."""
+
+
+class TeacherRejects(RationalesIncomplete):
+    """The run ended with rows rejected for teacher-side failures; rerunning retries them."""
+
+
+class OutputLocked(RationalesIncomplete):
+    """Another run is writing the same output."""
+
+
+def is_teacher_side(reason: str | None) -> bool:
+    """A reject the teacher caused (a later run may succeed), not the row's content."""
+    return (reason or "").startswith(TEACHER_ERROR)
+
+
+def teacher_cause(reason: str) -> str:
+    """The last failure behind a teacher error, in words a summary can count."""
+    last = reason.rsplit("(last: ", 1)[-1]
+    if "no answer within" in last:
+        return "timeout"
+    if "cannot connect" in last:
+        return "connection refused"
+    code = re.search(r"HTTP (\d{3})", last)
+    if code:
+        status = int(code.group(1))
+        return "HTTP 429" if status == 429 else "HTTP 5xx" if status >= 500 else f"HTTP {status}"
+    return "other"
 
 
 # ----------------------------------------------------------------------------- one batch
@@ -107,6 +170,7 @@ class Plan:
     lrsa: bool = False
     lrsa_max_new_tokens: int = 128
     prompts_dir: str | None = None
+    keep_disagreeing: bool = False  # teacher.keep_disagreeing_pass2
 
 
 def _key(row_id: str, kind: str) -> str:
@@ -135,11 +199,15 @@ def _empty_result(row_id: str, teacher: str) -> dict[str, Any]:
     return out
 
 
-def _absorb(result: dict[str, Any], answer, causes: Counter) -> bool:
-    """Add an answer's cost to the row's result; False (and the row's error set) when it failed."""
+def _add_cost(result: dict[str, Any], answer, causes: Counter) -> None:
     result["teacher_tokens"] += answer.tokens
     result["retries"] += answer.retries
     causes.update(answer.retry_causes)
+
+
+def _absorb(result: dict[str, Any], answer, causes: Counter) -> bool:
+    """Add an answer's cost to the row's result; False (and the row's error set) when it failed."""
+    _add_cost(result, answer, causes)
     if answer.error:
         result["error"] = result["error"] or answer.error
         return False
@@ -202,15 +270,25 @@ def teach(backend, rows: list[dict[str, Any]], plan: Plan) -> list[dict[str, Any
             second.append(Request(_key(rid, "rationalize"), prompt, image_of[rid]))
     for answer in backend.answer(second):
         rid = answer.key.rsplit("\x1f", 1)[0]
-        if _absorb(results[rid], answer, causes[rid]):
-            results[rid].update(rationale=answer.text, rationale_pass=2, rationale_tokens=answer.tokens)
+        res = results[rid]
+        _add_cost(res, answer, causes[rid])
+        if answer.error or not (answer.text or "").strip():
+            # The row keeps its pass-1 chain (marked): losing a good row to a failed second try would be worse.
+            res["rationale_note"] = f"{PASS2_FAILED}: {answer.error or 'empty answer'}"
+        else:
+            res.update(rationale=answer.text, rationale_pass=2, rationale_tokens=answer.tokens)
 
     for row in rows:
-        res = results[row["id"]]
+        res, gold = results[row["id"]], row.get("label")
         if res["rationale"] is not None and not res["rationale"].strip():
             res["error"] = res["error"] or "empty answer: the teacher wrote no chain"
-        if res["rationale"] is not None and row.get("label") is not None:
-            res["rationale_correct"] = parse_label(res["rationale"], plan.labels) == row["label"]
+        if res["rationale"] is not None and gold is not None:
+            kept = parse_label(res["rationale"], plan.labels)
+            res["rationale_correct"] = kept == gold
+            if res["rationale_pass"] == 2 and kept != gold:
+                res["rationale_note"] = f"{PASS2_DISAGREES}: its chain reads {kept or 'no label'}, the gold label is {gold}"
+        # A noted chain argues for another label than gold: training on it would teach that label.
+        res["use_for_training"] = plan.keep_disagreeing or res["rationale_note"] is None
         res["retry_causes"] = json.dumps(dict(causes[row["id"]]))
     return [results[r["id"]] for r in rows]
 
@@ -242,19 +320,33 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
-def _read_ids(uri: str) -> list[str]:
+def _read_table(uri: str, columns: list[str] | None = None) -> pa.Table:
     fs, path = storage.filesystem(uri)
     with fs.open(path, "rb") as f:
-        return pq.read_table(f, columns=["id"]).column("id").to_pylist()
+        return pq.read_table(f, columns=columns)
+
+
+def _read_ids(uri: str) -> list[str]:
+    return _read_table(uri, ["id"]).column("id").to_pylist()
+
+
+def _read_rejects(uri: str) -> list[tuple[str, str]]:
+    t = _read_table(uri, ["id", "reason"])
+    return list(zip(t.column("id").to_pylist(), t.column("reason").to_pylist()))
 
 
 class ShardStore:
     """The committed shards of one split of the output: which ids are done, what comes next.
 
     Shard ``n`` of split ``s`` is ``OUT/s/part-n.parquet`` (rows) plus, when it has any,
-    ``OUT/rejects/s-part-n.parquet`` (rejects). Each file is written whole or not at all
-    (:func:`storage.write_bytes`); the done ids are the union of both, so a crash between
-    the two writes only means the other file's ids are redone into a new shard.
+    ``OUT/rejects/s-part-n.parquet`` (rejects), each written whole or not at all
+    (:func:`storage.write_bytes`), rejects first. An id is done when a rows file holds it or
+    its reject is a content reject. An id whose reject is a teacher error is not done
+    (:attr:`retry`): the next run asks again, commits the outcome in a new shard, and only
+    then drops the old record from its reject file (rewritten whole, or removed when empty).
+    A crash in between leaves two records of one id; opening the store resolves them the
+    same way (a row beats a reject, a newer reject an older one), so that a finished output
+    shows each id once.
     """
 
     def __init__(self, output: str, split: str):
@@ -262,15 +354,37 @@ class ShardStore:
         self.rows_dir = storage.join(output, split)
         self.rejects_dir = storage.join(output, "rejects")
         self.done: set[str] = set()
+        self.retry: dict[str, str] = {}  # id -> the reject file holding its teacher error
         self.next_index = 0
         self._remove_stale_temps()
-        for folder, prefix in ((self.rows_dir, None), (self.rejects_dir, split)):
-            for name in storage.listdir(folder):
-                m = _PART.match(name)
-                if not m or m.group("split") != prefix:
-                    continue
+        rows_ids: set[str] = set()
+        for name in storage.listdir(self.rows_dir):
+            m = _PART.match(name)
+            if m and m.group("split") is None:
                 self.next_index = max(self.next_index, int(m.group("index")) + 1)
-                self.done.update(_read_ids(storage.join(folder, name)))
+                rows_ids.update(_read_ids(storage.join(self.rows_dir, name)))
+        reject_files = []
+        for name in storage.listdir(self.rejects_dir):
+            m = _PART.match(name)
+            if m and m.group("split") == split:
+                self.next_index = max(self.next_index, int(m.group("index")) + 1)
+                reject_files.append((int(m.group("index")), name))
+        self._reject_ids: dict[str, set[str]] = {}  # reject file -> the ids it holds
+        newest: dict[str, tuple[str, str]] = {}  # id -> (file, reason) of its newest reject record
+        for _, name in sorted(reject_files):
+            records = _read_rejects(storage.join(self.rejects_dir, name))
+            self._reject_ids[name] = {rid for rid, _ in records}
+            newest.update((rid, (name, reason)) for rid, reason in records)
+        self.done = set(rows_ids)
+        for rid, (name, reason) in newest.items():
+            if rid in rows_ids:
+                continue
+            if is_teacher_side(reason):
+                self.retry[rid] = name
+            else:
+                self.done.add(rid)
+        self._drop({name: {rid for rid in ids if rid in rows_ids or newest[rid][0] != name}
+                    for name, ids in self._reject_ids.items()})
 
     def _remove_stale_temps(self) -> None:
         """A killed run may leave ``part-N.parquet.tmp-xxxx`` behind (local disk only)."""
@@ -279,14 +393,42 @@ class ShardStore:
                 if ".tmp-" in name:
                     storage.remove(storage.join(folder, name))
 
+    def _drop(self, stale: dict[str, set[str]]) -> None:
+        """Remove superseded records from reject files: each file rewritten whole, or removed."""
+        for name, ids in stale.items():
+            if not ids:
+                continue
+            uri = storage.join(self.rejects_dir, name)
+            table = _read_table(uri)
+            kept = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=pa.array(sorted(ids), pa.string()))))
+            if kept.num_rows:
+                storage.write_bytes(uri, _parquet_bytes(kept))
+            else:
+                storage.remove(uri)
+            self._reject_ids[name] -= ids
+
     def commit(self, rows: pa.Table, rejects: pa.Table) -> str:
         name = f"part-{self.next_index:05d}.parquet"
+        reject_name = f"{self.split}-{name}"
         if rejects.num_rows:
-            storage.write_bytes(storage.join(self.rejects_dir, f"{self.split}-{name}"), _parquet_bytes(rejects))
+            storage.write_bytes(storage.join(self.rejects_dir, reject_name), _parquet_bytes(rejects))
         storage.write_bytes(storage.join(self.rows_dir, name), _parquet_bytes(rows))
         self.next_index += 1
+        # Only now, with the new outcome on disk, are the old teacher errors of these ids superseded.
+        superseded: dict[str, set[str]] = {}
+        for rid in rows.column("id").to_pylist() + rejects.column("id").to_pylist():
+            old = self.retry.pop(rid, None)
+            if old is not None:
+                superseded.setdefault(old, set()).add(rid)
+        self._drop(superseded)
         self.done.update(rows.column("id").to_pylist())
-        self.done.update(rejects.column("id").to_pylist())
+        if rejects.num_rows:
+            self._reject_ids[reject_name] = set(rejects.column("id").to_pylist())
+        for rid, reason in zip(rejects.column("id").to_pylist(), rejects.column("reason").to_pylist()):
+            if is_teacher_side(reason):
+                self.retry[rid] = reject_name
+            else:
+                self.done.add(rid)
         return name
 
 
@@ -307,6 +449,154 @@ def shard_tables(split: str, inputs: pa.Table, position: dict[str, int],
     return base, pa.Table.from_pylist(reject_rows, schema=schema.REJECT_SCHEMA)
 
 
+# ----------------------------------------------------------------------------- one run at a time
+
+
+def _process_space() -> str:
+    """Where a pid means one process: this host, this boot, this pid namespace (a container)."""
+    parts = [socket.gethostname()]
+    for path in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
+        try:
+            parts.append(open(path).read().strip() if path.endswith("boot_id") else str(os.stat(path).st_ino))
+        except OSError:
+            pass
+    return "/".join(parts)
+
+
+def _started_at(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return round(psutil.Process(pid).create_time(), 2)
+    except psutil.Error:
+        return None
+
+
+class OutputLease:
+    """An exclusive claim on an output while one run writes it.
+
+    Two runs on one output (a resubmitted job) would both number their next shard from the
+    same listing and overwrite each other's files. The lease is ``OUT/_lease.json``, created
+    only if absent (local disk: an atomic hard link; S3: a PUT with ``If-None-Match: *``),
+    naming its run, host and pid, with a heartbeat rewritten every ``ttl_s / 4`` seconds.
+    A second run stops at once (:class:`OutputLocked`, naming the holder) unless the holder
+    is abandoned: its process on this host is gone, or its heartbeat is older than ``ttl_s``.
+    The holder re-reads the lease after creating it (a server that ignores the condition lets
+    the last writer win; the loser sees so) and before every shard it commits.
+    """
+
+    def __init__(self, output: str, ttl_s: float):
+        self.output = output
+        self.uri = storage.join(output, LEASE_FILE)
+        self.ttl_s = ttl_s
+        self.me = {"run": uuid.uuid4().hex, "host": socket.gethostname(), "space": _process_space(),
+                   "pid": os.getpid(), "pid_started": _started_at(os.getpid()),
+                   "started": _dt.datetime.now(_dt.timezone.utc).isoformat(), "heartbeat": time.time()}
+        self.lost: str | None = None  # set by the heartbeat when another run took the lease
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def describe(holder: dict[str, Any] | None) -> str:
+        if holder is None:
+            return "nobody (the lease file is gone)"
+        age = time.time() - float(holder.get("heartbeat") or 0)
+        return (f"run {holder.get('run')} of pid {holder.get('pid')} on {holder.get('host')}, started "
+                f"{holder.get('started')}, last heartbeat {age:.0f}s ago")
+
+    def _read(self) -> dict[str, Any] | None:
+        try:
+            return storage.read_json(self.uri)
+        except FileNotFoundError:
+            return None
+
+    def _create(self) -> bool:
+        """Write our lease only if there is none; False when another run's is there."""
+        data = json.dumps(self.me).encode()
+        fs, path = storage.filesystem(self.uri)
+        try:
+            if storage.is_remote(self.uri):
+                fs.pipe_file(path, data, mode="create")
+            else:  # written whole beside it, then linked: the lease never exists half-written
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                try:
+                    os.link(tmp, path)
+                finally:
+                    os.remove(tmp)
+        except FileExistsError:
+            return False
+        return True
+
+    def _abandoned(self, holder: dict[str, Any]) -> str | None:
+        """Why the holder's run is dead, or None while it may be alive."""
+        if holder.get("space") == _process_space():  # the pid means something here
+            pid = int(holder.get("pid") or 0)
+            if _started_at(pid) != holder.get("pid_started"):
+                return f"its process {pid} on {holder.get('host')} is gone"
+        age = time.time() - float(holder.get("heartbeat") or 0)
+        if age > self.ttl_s:
+            return f"no heartbeat for {age:.0f}s (teacher.lease_ttl_s={self.ttl_s:g})"
+        return None
+
+    def _locked(self, holder: dict[str, Any] | None) -> OutputLocked:
+        return OutputLocked(
+            f"rationales: {self.output} is being written by another run ({self.describe(holder)}); two runs at once "
+            f"would write the same shards. Wait for it to finish (then rerun, which skips or resumes), or stop it; a "
+            f"run that died is detected at once on its own host, elsewhere after teacher.lease_ttl_s={self.ttl_s:g}s "
+            f"without a heartbeat"
+        )
+
+    def acquire(self) -> None:
+        holder = self._read()
+        if holder is not None:
+            why = self._abandoned(holder)
+            if why is None:
+                raise self._locked(holder)
+            print(f"rationales: taking over the output from an abandoned run ({self.describe(holder)}: {why})",
+                  flush=True)
+            storage.remove(self.uri)
+        if not self._create():
+            raise self._locked(self._read())
+        if storage.is_remote(self.uri):
+            time.sleep(1.0)  # a server without conditional PUTs: let a racing writer land before we look
+        self.check()
+        self._thread = threading.Thread(target=self._beat, name="rationales-lease", daemon=True)
+        self._thread.start()
+
+    def check(self) -> None:
+        """Raise :class:`OutputLocked` unless the lease is still ours."""
+        holder = self._read()
+        if self.lost or holder is None or holder.get("run") != self.me["run"]:
+            raise OutputLocked(f"rationales: lost the lease on {self.output} to {self.describe(holder)}; stopped "
+                               f"before committing more (committed shards are whole)")
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.ttl_s / 4):
+            try:
+                holder = self._read()
+                if holder is None or holder.get("run") != self.me["run"]:
+                    self.lost = self.describe(holder)
+                    return
+                self.me["heartbeat"] = time.time()
+                storage.write_bytes(self.uri, json.dumps(self.me).encode())
+            except Exception as exc:  # noqa: BLE001 - a storage hiccup: try again at the next beat
+                print(f"rationales: lease heartbeat failed ({type(exc).__name__}: {exc}); retrying", flush=True)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        try:
+            holder = self._read()
+            if holder is not None and holder.get("run") == self.me["run"]:
+                storage.remove(self.uri)
+        except Exception as exc:  # noqa: BLE001 - never hide the error that ended the run
+            print(f"rationales: could not remove the lease {self.uri} ({type(exc).__name__}: {exc})", flush=True)
+
+
 # ----------------------------------------------------------------------------- progress
 
 
@@ -323,6 +613,11 @@ class Progress:
         self.every = every
         self.first_at: float | None = None  # when the first answers arrived
         self.first_done = done
+        from sentiray import console
+
+        self.bar = console.quiet_progress(total, "rationales", unit="row")
+        if self.bar is not None:
+            self.bar.update(done)
 
     @property
     def rate(self) -> float:
@@ -345,6 +640,10 @@ class Progress:
 
     def add(self, n: int, note: str = "", force: bool = False) -> None:
         self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            if self.done >= self.total:
+                self.bar.close()
         now = time.perf_counter()
         if n and self.first_at is None:
             self.first_at, self.first_done = now, self.done
@@ -412,6 +711,7 @@ def _job_record(cfg: JobConfig, input_uri: str, task: str, name: str) -> dict[st
         "temperature": t.temperature, "seed": t.seed, "prompts": _templates_digest(task, t.prompts_dir),
         "lrsa_rationales": t.lrsa_rationales, "lrsa_max_new_tokens": t.lrsa_max_new_tokens,
         "splits": sorted(t.splits), "rationalize_splits": sorted(t.rationalize_splits),
+        "keep_disagreeing_pass2": t.keep_disagreeing_pass2,  # decides use_for_training of committed rows
     }
 
 
@@ -433,7 +733,9 @@ def _check_resume(output: str, record: dict[str, Any]) -> None:
 def _actor_options(t: TeacherConfig) -> dict[str, Any]:
     from ray.data import ActorPoolStrategy
 
-    opts: dict[str, Any] = {"num_cpus": t.num_cpus}
+    # Spelled out, not left to Ray Data's defaults: a killed actor comes back (its model
+    # reloaded) and the batches it held run again; their answers are deduplicated by id.
+    opts: dict[str, Any] = {"num_cpus": t.num_cpus, "max_restarts": -1, "max_task_retries": ACTOR_TASK_RETRIES}
     if t.num_gpus:
         opts["num_gpus"] = t.num_gpus
     if t.backend == "openai":
@@ -473,14 +775,15 @@ def _load_split(split: str, input_uri: str, output: str) -> SplitWork | None:
         raise schema.DataError(f"{input_uri}/{split}: ids must be unique, {len(dupes)} repeat (e.g. {dupes[:3]})")
     store = ShardStore(output, split)
     todo = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=pa.array(sorted(store.done), pa.string()))))
-    print(f"rationales: {split}: {todo.num_rows} rows to do, {table.num_rows - todo.num_rows} already committed "
-          f"in {store.next_index} shards", flush=True)
+    retry = f" ({len(store.retry)} of them teacher errors of an earlier run, asked again)" if store.retry else ""
+    print(f"rationales: {split}: {todo.num_rows} rows to do{retry}, {table.num_rows - todo.num_rows} already "
+          f"committed in {store.next_index} shards", flush=True)
     position = {rid: i for i, rid in enumerate(todo.column("id").to_pylist())}
     return SplitWork(split, todo, position, store)
 
 
 def _process(works: list[SplitWork], settings: dict[str, Any], t: TeacherConfig, progress: Progress,
-             counters: Counter) -> None:
+             counters: Counter, lease: OutputLease) -> None:
     """Stream every split's remaining rows through one actor pool (the model loads once) and
     commit each split's answers shard by shard."""
     import ray
@@ -497,10 +800,13 @@ def _process(works: list[SplitWork], settings: dict[str, Any], t: TeacherConfig,
     by_split = {w.split: w for w in works}
     # One block per batch: the blocks spread over the actors and stream back as they finish.
     blocks = [work.slice(i, t.batch_size) for i in range(0, work.num_rows, t.batch_size)]
-    ds = ray.data.from_arrow(blocks).map_batches(
-        TeacherActor, fn_constructor_kwargs={"settings": settings}, batch_size=t.batch_size, batch_format="pyarrow",
-        **_actor_options(t),
-    )
+    with warnings.catch_warnings():
+        # Ray 2.60 takes max_restarts / max_task_retries only as the deprecated free remote args.
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        ds = ray.data.from_arrow(blocks).map_batches(
+            TeacherActor, fn_constructor_kwargs={"settings": settings}, batch_size=t.batch_size,
+            batch_format="pyarrow", **_actor_options(t),
+        )
 
     def commit(w: SplitWork, results: list[dict[str, Any]]) -> None:
         failing = [r for r in results if (r["error"] or "").startswith("teacher error")]
@@ -511,9 +817,11 @@ def _process(works: list[SplitWork], settings: dict[str, Any], t: TeacherConfig,
                 f"shards are kept."
             )
         rows, rejects = shard_tables(w.split, w.todo, w.position, results)
+        lease.check()  # never write a shard once another run owns the output
         name = w.store.commit(rows, rejects)
         counters["rows"] += rows.num_rows
         counters["rejects"] += rejects.num_rows
+        counters["rejects_teacher"] += sum(is_teacher_side(r) for r in rejects.column("reason").to_pylist())
         counters["shards"] += 1
         progress.add(0, f" | {w.split}/{name} committed ({rows.num_rows} rows, {rejects.num_rows} rejects)", force=True)
         tracking.log_metrics({"rows_done": progress.done, "rows_per_s": progress.rate}, step=progress.done)
@@ -554,25 +862,47 @@ def _read_output(output: str, split: str, columns: list[str] | None = None) -> p
     return schema.read_table(output, split, columns)
 
 
-def _write_manifest(output: str, input_manifest: dict[str, Any], splits: Iterable[str],
-                    notes: dict[str, Any]) -> dict[str, Any]:
+def output_counts(output: str, splits: Iterable[str]) -> dict[str, Any]:
+    """What the whole output holds (every run that wrote to it): rows per split and label,
+    rejects by kind and reason, and the chains noted after pass 2."""
     counts, label_counts = {}, {}
+    notes: Counter = Counter()
+    excluded = 0
     for split in splits:
-        labels = _read_output(output, split, ["label"]).column("label").to_pylist()
+        table = _read_output(output, split, ["label", "rationale_note", "use_for_training"])
+        labels = table.column("label").to_pylist()
         counts[split] = len(labels)
         label_counts[split] = dict(Counter(l for l in labels if l is not None))
+        notes.update((n or "").split(":")[0] for n in table.column("rationale_note").to_pylist())
+        excluded += sum(u is False for u in table.column("use_for_training").to_pylist())
+    reasons = []
+    if _reject_files(output):
+        reasons = schema.read_table(output, "rejects", columns=["reason"]).column("reason").to_pylist()
+    teacher_side = [r for r in reasons if is_teacher_side(r)]
+    return {
+        "counts": counts,
+        "label_counts": label_counts,
+        "rejects": len(reasons),
+        "rejects_content": len(reasons) - len(teacher_side),
+        "rejects_teacher": len(teacher_side),
+        "reject_reasons": dict(Counter(r.split(":")[0] for r in reasons)),
+        "teacher_reject_causes": dict(Counter(teacher_cause(r) for r in teacher_side)),
+        "pass2_failed": notes[PASS2_FAILED],
+        "pass2_disagreeing": notes[PASS2_DISAGREES],
+        "excluded_from_training": excluded,
+    }
+
+
+def _write_manifest(output: str, input_manifest: dict[str, Any], found: dict[str, Any],
+                    notes: dict[str, Any]) -> dict[str, Any]:
     if not _reject_files(output):  # the canonical layout always has a rejects split, maybe empty
         storage.write_bytes(storage.join(output, "rejects", "part-00000.parquet"),
                             _parquet_bytes(schema.REJECT_SCHEMA.empty_table()))
-    reasons = schema.read_table(output, "rejects", columns=["reason"]).column("reason").to_pylist()
     manifest = {
         "schema_version": schema.SCHEMA_VERSION,
         "source": input_manifest.get("source"),
         "task": input_manifest.get("task"),
-        "counts": counts,
-        "label_counts": label_counts,
-        "rejects": len(reasons),
-        "reject_reasons": dict(Counter(r.split(":")[0] for r in reasons)),
+        **found,
         "notes": notes,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
     }
@@ -628,20 +958,66 @@ def sample_markdown(output: str, split: str = "train", n: int = 20) -> str:
     return "\n".join(parts)
 
 
+def _skipped(output: str) -> dict[str, Any]:
+    manifest = schema.read_manifest(output)
+    kept = manifest.get("rejects_teacher", 0)
+    accepted = (f"; its {kept} teacher-side rejects were accepted (teacher.allow_rejects): delete "
+                f"{storage.join(output, '_manifest.json')} and rerun to ask again for just those") if kept else ""
+    print(f"rationales: {output} is complete ({manifest['counts']}); skipped (set data.overwrite=true to redo)"
+          f"{accepted}", flush=True)
+    return {"output": output, "skipped": True, "manifest": manifest}
+
+
+def _rejects_summary(output: str, found: dict[str, Any], t: TeacherConfig) -> str:
+    """The one paragraph a run that ends with teacher-side rejects fails with."""
+    n, total = found["rejects_teacher"], sum(found["counts"].values()) + found["rejects"]
+    causes = ", ".join(f"{k}: {v}" for k, v in sorted(found["teacher_reject_causes"].items(), key=lambda kv: -kv[1]))
+    retries = f" (teacher.max_retries={t.max_retries})" if t.backend == "openai" else ""
+    return (
+        f"rationales: {n} of {total} rows are rejected for teacher-side failures after the retries{retries}: "
+        f"{causes}. {output} is not marked complete (no _manifest.json), so `sentiray pipeline` does not skip it. "
+        f"Rerun the same command once the teacher is healthy: it asks again for just these {n} rows and keeps the "
+        f"{sum(found['counts'].values())} committed rows and {found['rejects_content']} content rejects. "
+        f"To finish with them rejected, set teacher.allow_rejects=true."
+    )
+
+
+def _clear_output(output: str) -> None:
+    """data.overwrite: everything goes but our lease, the manifest first (a crash leaves it incomplete)."""
+    storage.remove(storage.join(output, "_manifest.json"))
+    for name in storage.listdir(output):
+        if name != LEASE_FILE:
+            storage.remove(storage.join(output, name), recursive=True)
+
+
 def run(cfg: JobConfig) -> dict[str, Any]:
-    """Write rationales for ``data.input`` into ``data.output``; resumes an interrupted output."""
+    """Write rationales for ``data.input`` into ``data.output``; resumes an interrupted output.
+
+    Raises :class:`TeacherRejects` when rows are left rejected for teacher-side failures
+    (unless ``teacher.allow_rejects``), :class:`OutputLocked` when another run writes the output.
+    """
     t = cfg.teacher
     input_uri, output, task = _check_job(cfg)
     if t.backend == "vllm":
         require_vllm()
     if schema.is_complete(output) and not cfg.data.overwrite:
-        manifest = schema.read_manifest(output)
-        print(f"rationales: {output} is complete ({manifest['counts']}); skipped (set data.overwrite=true to redo)")
-        return {"output": output, "skipped": True, "manifest": manifest}
-    if cfg.data.overwrite:
-        storage.remove(storage.join(output, "_manifest.json"))  # first: a crash now leaves it incomplete
-        storage.remove(output, recursive=True)
+        return _skipped(output)
     model_path = _model_location(cfg)
+    lease = OutputLease(output, t.lease_ttl_s)
+    lease.acquire()
+    try:
+        if schema.is_complete(output) and not cfg.data.overwrite:  # another run finished it meanwhile
+            return _skipped(output)
+        if cfg.data.overwrite:
+            _clear_output(output)
+        return _run_leased(cfg, lease, input_uri, output, task, model_path)
+    finally:
+        lease.release()
+
+
+def _run_leased(cfg: JobConfig, lease: OutputLease, input_uri: str, output: str, task: str,
+                model_path: str | None) -> dict[str, Any]:
+    t = cfg.teacher
     name = teacher_name(t)
     input_manifest = schema.read_manifest(input_uri)
     _check_resume(output, _job_record(cfg, input_uri, task, name))
@@ -649,7 +1025,8 @@ def run(cfg: JobConfig) -> dict[str, Any]:
         print(f"rationales: no API key in ${t.api_key_env}; sending requests without one", flush=True)
 
     plan = Plan(teacher=name, labels=schema.labels_for(task), lrsa=t.lrsa_rationales,
-                lrsa_max_new_tokens=t.lrsa_max_new_tokens, prompts_dir=t.prompts_dir)
+                lrsa_max_new_tokens=t.lrsa_max_new_tokens, prompts_dir=t.prompts_dir,
+                keep_disagreeing=t.keep_disagreeing_pass2)
     settings = {"teacher": t.model_dump(mode="json"), "model_path": model_path, "plan": asdict(plan)}
     splits = [s for s in schema.SPLITS if s in t.splits]
 
@@ -664,26 +1041,35 @@ def run(cfg: JobConfig) -> dict[str, Any]:
         already = total - sum(w.todo.num_rows for w in works)
         progress = Progress(total, already)
         counters: Counter = Counter()
-        _process(works, settings, t, progress, counters)
+        retried = sum(len(w.store.retry) for w in works)
+        _process(works, settings, t, progress, counters, lease)
         elapsed = time.perf_counter() - progress.start
         run_metrics = {
             "rows_processed": counters["rows"] + counters["rejects"],
             "rows_skipped": already,
+            "rows_retried": retried,  # teacher-side rejects of earlier runs, asked again
             "rows_per_s": (counters["rows"] + counters["rejects"]) / elapsed if elapsed > 0 else 0.0,
             "rows_per_s_steady": progress.steady_rate,
             "rejects_this_run": counters["rejects"],
+            "rejects_teacher_this_run": counters["rejects_teacher"],
             "shards_committed": counters["shards"],
             "tokens_generated": counters["tokens"],
             "retries": counters["retries"],
             **{k: v for k, v in counters.items() if k.startswith("retries_")},
         }
         teacher_quality = quality(output, splits)
-        metrics = {**teacher_quality, **run_metrics}
+        found = output_counts(output, splits)
+        metrics = {**teacher_quality, **run_metrics,
+                   **{k: found[k] for k in ("rejects", "rejects_content", "rejects_teacher", "pass2_failed",
+                                            "pass2_disagreeing", "excluded_from_training")}}
+        if found["rejects_teacher"] and not t.allow_rejects:
+            tracking.log_metrics(metrics)
+            raise TeacherRejects(_rejects_summary(output, found, t))
         notes = {"stage": "rationales", "input": input_uri, "teacher": name, "backend": t.backend,
                  "rationale_columns": list(RATIONALE_COLUMNS), "rationalize_splits": list(t.rationalize_splits),
-                 "lrsa_rationales": t.lrsa_rationales, "quality": teacher_quality}
-        manifest = _write_manifest(output, input_manifest, splits, notes)
-        metrics["rejects"] = manifest["rejects"]
+                 "lrsa_rationales": t.lrsa_rationales, "keep_disagreeing_pass2": t.keep_disagreeing_pass2,
+                 "quality": teacher_quality}
+        manifest = _write_manifest(output, input_manifest, found, notes)
         tracking.log_metrics(metrics)
         tracking.log_json(manifest, "rationales/manifest.json")
         tracking.log_text(sample_markdown(output, splits[0]), "rationales/sample_chains.md")
@@ -691,6 +1077,14 @@ def run(cfg: JobConfig) -> dict[str, Any]:
           f"{' ' + json.dumps(manifest['reject_reasons']) if manifest['rejects'] else ''}; "
           f"{run_metrics['rows_processed']} rows this run at {run_metrics['rows_per_s']:.2f} rows/s, "
           f"{run_metrics['retries']} retries", flush=True)
+    if found["rejects_teacher"]:
+        print(f"rationales: {found['rejects_teacher']} teacher-side rejects accepted (teacher.allow_rejects): "
+              f"{found['teacher_reject_causes']}", flush=True)
+    if found["pass2_failed"] or found["pass2_disagreeing"]:
+        kept = "kept for training (teacher.keep_disagreeing_pass2)" if t.keep_disagreeing_pass2 else \
+            "use_for_training=false"
+        print(f"rationales: {found['pass2_failed']} rows kept their pass-1 chain after pass 2 failed, "
+              f"{found['pass2_disagreeing']} pass-2 chains disagree with the gold label: {kept}", flush=True)
     if "pass1_accuracy" in metrics:
         print(f"rationales: pass-1 teacher accuracy {metrics['pass1_accuracy']:.3f}, parse failures "
               f"{metrics.get('parse_failure_rate', 0):.3f}", flush=True)

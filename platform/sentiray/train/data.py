@@ -29,6 +29,26 @@ from sentiray.config import JobConfig, validate
 from sentiray.data import schema, storage
 
 DATASET = "train"
+# The teacher stage's flag (teacher/pipeline.py): a pass-2 chain that still disagrees with the
+# gold label is kept in the data set, flagged false, and left out of training here. Rows of a
+# data set without the column (data prepare, augment) all train.
+TRAINING_FLAG = "use_for_training"
+
+
+def _flag_columns(data_uri: str) -> list[str]:
+    """``[TRAINING_FLAG]`` if the train split carries the flag, else ``[]`` (read from a footer)."""
+    import pyarrow.parquet as pq
+
+    for uri in schema.split_uris(data_uri, "train")[:1]:
+        fs, path = storage.filesystem(uri)
+        with fs.open(path, "rb") as f:
+            return [TRAINING_FLAG] if TRAINING_FLAG in pq.ParquetFile(f).schema_arrow.names else []
+    return []
+
+
+def trains(row: dict[str, Any]) -> bool:
+    """Whether a row goes into training: all but those the teacher flagged false."""
+    return row.get(TRAINING_FLAG) is not False
 
 
 def micro_batches(n_rows: int, rank: int, world: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -53,8 +73,8 @@ class InMemoryRows:
     def __init__(self, family, rank: int, world: int):
         self.family, self.rank, self.world = family, rank, world
         self.train = family.job.train
-        columns = list(family.columns) if family.columns else None
-        self.rows = schema.read_rows(family.data_uri(), "train", columns)
+        columns = list(family.columns) + _flag_columns(family.data_uri()) if family.columns else None
+        self.rows = [r for r in schema.read_rows(family.data_uri(), "train", columns) if trains(r)]
 
     @property
     def n_rows(self) -> int:
@@ -97,14 +117,20 @@ class StreamedRows:
 
 
 def split_rows(data_uri: str, split: str = "train") -> int:
-    """Rows of a split, from the Parquet footers (no data read)."""
+    """Rows of a split that train: from the Parquet footers, or the flag column where there is one."""
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     total = 0
     for uri in schema.split_uris(data_uri, split):
         fs, path = storage.filesystem(uri)
         with fs.open(path, "rb") as f:
-            total += pq.ParquetFile(f).metadata.num_rows
+            parquet = pq.ParquetFile(f)
+            if TRAINING_FLAG not in parquet.schema_arrow.names:
+                total += parquet.metadata.num_rows
+                continue
+            flag = parquet.read(columns=[TRAINING_FLAG]).column(0)
+            total += len(flag) - (pc.sum(pc.equal(flag, False)).as_py() or 0)  # nulls train
     return total
 
 
@@ -134,16 +160,33 @@ def train_dataset(cfg: JobConfig, family):
         raise schema.DataError(f"{family.data_uri()} has no train split to train on")
     fs, _ = storage.pyarrow_filesystem(uris[0])
     paths = [storage.pyarrow_filesystem(u)[1] for u in uris]
-    ds = ray.data.read_parquet(paths, filesystem=fs, columns=list(family.columns) if family.columns else None)
+    flag = _flag_columns(family.data_uri())
+    ds = ray.data.read_parquet(paths, filesystem=fs, columns=list(family.columns) + flag if family.columns else None,
+                               ray_remote_args={"num_cpus": t.data_cpus})  # reading is light: not a whole CPU each
+    if flag:
+        ds = ds.filter(trains)
     # An equal split drops the N % workers last rows, the same ones every epoch (the order is
     # fixed): repeat the first few instead, as the in-memory path wraps, so that every row trains.
     pad = -split_rows(family.data_uri()) % t.num_workers
     if pad:
         ds = ds.union(ds.limit(pad))
-    return ds.map_batches(
+    ds = ds.map_batches(
         TransformRows, fn_constructor_kwargs={"job": cfg.model_dump(mode="json")}, batch_format="pyarrow",
-        batch_size=max(t.batch_size, 16), concurrency=t.data_workers, num_cpus=t.data_cpus,
+        batch_size=max(t.batch_size, 16), compute=ray.data.ActorPoolStrategy(size=t.data_workers),
+        num_cpus=t.data_cpus,
     )
+    # Transformed rows are large (pixels, token ids): with Ray Data's default block target
+    # (128 MiB) an actor would transform a whole Parquet shard before the first micro-batch
+    # leaves it. Small blocks stream out as they are made (measured: first batch 52 s -> 15 s,
+    # most of it the actor's start-up, on a 10k-row split).
+    ds.context.target_max_block_size = 4 * 2**20
+    return ds
+
+
+def data_cpus(train) -> float:
+    """CPUs the streamed input holds beside the training workers: the transform actors and one
+    read task at a time (the scheduler must leave them room, or the workers wait for ever)."""
+    return train.data_workers * train.data_cpus + train.data_cpus
 
 
 def dataset_config():

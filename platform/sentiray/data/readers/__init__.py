@@ -266,9 +266,9 @@ def check_image(data: bytes) -> None:
 # --------------------------------------------------------------------------- features
 
 
-def feature_frames(values: Any, length: int | None = None) -> tuple[list[list[float]], int]:
-    """A T x D feature array -> (its first ``length`` frames as float32 lists, number of
-    non-finite values replaced by 0). A 1-D vector counts as one frame."""
+def feature_frames(values: Any, length: int | None = None) -> tuple[np.ndarray, int]:
+    """A T x D feature array -> (its first ``length`` frames as a C-contiguous float32 array,
+    number of non-finite values replaced by 0). A 1-D vector counts as one frame."""
     array = np.array(values, dtype=np.float32)  # a copy: the caller's array stays untouched
     if array.ndim == 1:
         array = array.reshape(1, -1)
@@ -277,12 +277,12 @@ def feature_frames(values: Any, length: int | None = None) -> tuple[list[list[fl
     if length is not None:
         if length < 0 or length > array.shape[0]:
             raise RowProblem("length_mismatch", f"length {length} outside the {array.shape[0]} frames stored")
-        array = array[:length]
+        array = array[:length].copy()  # a copy: a view would keep the padded frames alive
     bad = ~np.isfinite(array)
     n_bad = int(bad.sum())
     if n_bad:
         array[bad] = 0.0
-    return array.tolist(), n_bad
+    return array, n_bad
 
 
 # --------------------------------------------------------------------------- splits
