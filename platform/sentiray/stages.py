@@ -12,6 +12,7 @@ from typing import Any, Callable
 from sentiray.config import ConfigError, JobConfig
 
 STAGES: dict[str, str] = {
+    "models": "sentiray.models.tiny:run",
     "data": "sentiray.data.prepare:run",
     "rationales": "sentiray.teacher.pipeline:run",
     "serve": "sentiray.serving.app:run",

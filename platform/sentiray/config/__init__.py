@@ -13,8 +13,11 @@ One module per concern:
 ``data``           ``data:``
 ``model``          ``model:`` (and its ``lora:``)
 ``teacher``        ``teacher:``, ``augment:``
+``tiny``           ``models:`` (the tiny models the demo builds)
 ``train``          ``train:`` (the shared loop), ``distill:``
 ``mulcot``         ``mulcot:`` (the MulCoT-RD family's own settings)
+``mse_adapter``    ``mse_adapter:`` (the MSE-Adapter family's own settings)
+``lrsa``           ``lrsa:`` (the LRSA family's own settings)
 ``evaluate``       ``evaluate:``
 ``tune``           ``tune:`` (and the search-space checks)
 ``serve``          ``serve:`` and a Serve application's args
@@ -37,18 +40,22 @@ from sentiray.config.loading import (
     to_yaml,
     validate,
 )
+from sentiray.config.lrsa import LrsaConfig
 from sentiray.config.model import LoraConfig, ModelConfig
+from sentiray.config.mse_adapter import MseAdapterConfig
 from sentiray.config.mulcot import MulCoTConfig
 from sentiray.config.runtime import RayConfig, StorageConfig, TrackingConfig
 from sentiray.config.serve import ServeAppConfig, ServeConfig, ServeLimits
 from sentiray.config.teacher import AugmentConfig, TeacherConfig
+from sentiray.config.tiny import TinyModelsConfig
 from sentiray.config.train import DistillConfig, GroupConfig, PlateauConfig, TrainConfig
 from sentiray.config.tune import TuneConfig
 
 __all__ = [
     "STAGE_SECTIONS", "AugmentConfig", "ConfigError", "DataConfig", "DataFormat", "DistillConfig", "EvaluateConfig",
-    "GroupConfig", "JobConfig", "LoraConfig", "ModelConfig", "MulCoTConfig", "PlateauConfig", "RayConfig", "Section",
+    "GroupConfig", "JobConfig", "LoraConfig", "LrsaConfig", "ModelConfig", "MseAdapterConfig", "MulCoTConfig", "PlateauConfig", "RayConfig",
+    "Section",
     "ServeAppConfig", "ServeConfig", "ServeLimits", "Stage", "StorageConfig", "Task", "TeacherConfig", "TrackingConfig",
-    "TrainConfig", "TuneConfig", "apply_overrides", "flatten", "format_validation_error", "load", "load_raw",
+    "TinyModelsConfig", "TrainConfig", "TuneConfig", "apply_overrides", "flatten", "format_validation_error", "load", "load_raw",
     "parse_overrides", "to_yaml", "validate",
 ]

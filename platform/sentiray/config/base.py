@@ -21,7 +21,7 @@ DataFormat = Literal[
     "simsv2",
     "meld",
 ]
-Stage = Literal["data", "rationales", "train", "augment", "evaluate", "tune", "serve"]
+Stage = Literal["models", "data", "rationales", "train", "augment", "evaluate", "tune", "serve"]
 
 
 class ConfigError(ValueError):

@@ -9,16 +9,20 @@ from pydantic import Field, model_validator
 from sentiray.config.base import Section, Stage
 from sentiray.config.data import DataConfig
 from sentiray.config.evaluate import EvaluateConfig
+from sentiray.config.lrsa import LrsaConfig
 from sentiray.config.model import ModelConfig
+from sentiray.config.mse_adapter import MseAdapterConfig
 from sentiray.config.mulcot import MulCoTConfig
 from sentiray.config.runtime import RayConfig, StorageConfig, TrackingConfig
 from sentiray.config.serve import ServeConfig
 from sentiray.config.teacher import AugmentConfig, TeacherConfig
+from sentiray.config.tiny import TinyModelsConfig
 from sentiray.config.train import DistillConfig, TrainConfig
 from sentiray.config.tune import TuneConfig
 
 # Which sections each stage needs. A stage's module reads only these.
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "models": ("models",),
     "data": ("data",),
     "rationales": ("data", "teacher"),
     "train": ("data", "model", "train"),
@@ -35,6 +39,7 @@ class JobConfig(Section):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    models: TinyModelsConfig | None = None
     data: DataConfig | None = None
     model: ModelConfig | None = None
     teacher: TeacherConfig | None = None
@@ -46,6 +51,8 @@ class JobConfig(Section):
     serve: ServeConfig | None = None
     # The families' own sections (the family named by train.family reads its own).
     mulcot: MulCoTConfig | None = None
+    mse_adapter: MseAdapterConfig | None = None
+    lrsa: LrsaConfig | None = None
 
     @model_validator(mode="after")
     def _sections_for_stage(self) -> "JobConfig":

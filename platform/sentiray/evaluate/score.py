@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sentiray.data.schema import DataError
+from sentiray.evaluate import regression, spans
 
 # task -> (lines, labels) -> {metric: value}
 Scorer = Callable[[list[dict[str, Any]], Sequence[str] | None], dict[str, float]]
@@ -54,7 +55,14 @@ def classification_scores(lines: list[dict[str, Any]], labels: Sequence[str] | N
 
 SCORERS: dict[str, Scorer] = {
     "msc": classification_scores,
-    "masc": classification_scores,
+    "masc": spans.masc_scores,  # sklearn's three + VLP-MABSA's masc_acc / masc_f1
+    "mabsa": spans.span_scores,  # VLP-MABSA's jmasa_*, mate_*, masc_* over spans
+    # MMSA / MSE-Adapter arithmetic (evaluate/regression.py): {"pred": float, "label": float}
+    # lines for mosi..simsv2, labels or class indices for meld / cherma.
+    **{name: regression.scorer(kind) for name, kind in
+       (("mosi", "mosei"), ("mosei", "mosei"), ("sims", "sims"), ("simsv2", "simsv2"))},
+    "meld": regression.scorer("meld", regression.MELD_LABELS),
+    "cherma": regression.scorer("cherma", regression.CHERMA_LABELS),
 }
 
 

@@ -19,7 +19,6 @@ import tempfile
 import time
 from typing import Any
 
-from tqdm import tqdm
 
 from sentiray import tracking
 from sentiray.config import EvaluateConfig, JobConfig
@@ -32,7 +31,9 @@ def predict_rows(predictor, rows: list[dict[str, Any]], batch_size: int, options
                  desc: str = "evaluate") -> list[dict[str, Any]]:
     """``predictor.predict`` over ``rows`` in batches, with a progress bar (rows/s, ETA)."""
     out: list[dict[str, Any]] = []
-    bar = tqdm(total=len(rows), desc=desc, unit="row", disable=None)
+    from sentiray import console
+
+    bar = console.progress(len(rows), desc, unit="row")
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         out += predictor.predict(chunk, options)

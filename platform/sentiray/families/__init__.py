@@ -27,6 +27,8 @@ MANIFEST = "sentiray.json"  # in every exported model folder: which family, task
 
 _FAMILIES: dict[str, str] = {
     "mulcot": "sentiray.families.mulcot:MulCoTFamily",
+    "lrsa": "sentiray.families.lrsa:LrsaFamily",
+    "mse_adapter": "sentiray.families.mse_adapter:MseAdapterFamily",
 }
 
 

@@ -88,6 +88,11 @@ class Endpoint:
     respond: Callable[[Any, list[dict[str, Any]], dict[str, Any]], Any]
     response: type | None = None  # the response schema, for the OpenAPI document
     summary: str = ""
+    # Serving additions (defaults keep older endpoints valid): ``generates(options)`` says a
+    # request writes free text, so it runs beside label scoring, capped, never in front of it;
+    # ``settings``: a pydantic model of the app's ``endpoint:`` args, given to parse as context.settings.
+    generates: Callable[[dict[str, Any]], bool] | None = None
+    settings: type | None = None
 
 
 class Predictor(abc.ABC):

@@ -430,3 +430,11 @@ def align_vocabularies(student: torch.nn.Module, student_tok: Any, teacher_tok: 
 
 
 MulCoTFamily.predictor_class = MulCoTPredictor
+
+
+# --------------------------------------------------------------------------- HTTP endpoint
+# Its own module (sentiray.families.mulcot_serving): the request/response schemas and the
+# parse/respond functions of POST /v1/sentiment; see serve/README.md, "Endpoints of a family".
+from sentiray.families.mulcot_serving import ENDPOINTS as _ENDPOINTS
+
+MulCoTFamily.endpoints = _ENDPOINTS

@@ -233,6 +233,26 @@ def build_tiny_encoder(out_dir: str | os.PathLike, seed: int = 0) -> str:
     return _build(out_dir, "encoder", seed, write)
 
 
+def build_tiny_vision(out_dir: str | os.PathLike, seed: int = 0, image_size: int = IMAGE_SIZE,
+                      patch_size: int = PATCH_SIZE) -> str:
+    """A CLIP vision tower alone (``CLIPVisionModel``, loaded with ``AutoModel``) and its image
+    processor (``AutoImageProcessor``): the image encoder of LRSA-style models."""
+
+    def write(path: str) -> None:
+        from transformers import CLIPVisionConfig, CLIPVisionModel
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+        config = CLIPVisionConfig(image_size=image_size, patch_size=patch_size, hidden_size=32, intermediate_size=64,
+                                  num_hidden_layers=2, num_attention_heads=2)
+        CLIPVisionModel(config).save_pretrained(path)
+        # The PIL backend: the default CLIPImageProcessor needs torchvision (GPU extra).
+        CLIPImageProcessorPil(size={"shortest_edge": image_size},
+                              crop_size={"height": image_size, "width": image_size}).save_pretrained(path)
+
+    name = "vision" if (image_size, patch_size) == (IMAGE_SIZE, PATCH_SIZE) else f"vision-{image_size}-{patch_size}"
+    return _build(out_dir, name, seed, write)
+
+
 def build_tiny_models(out_dir: str | os.PathLike, seed: int = 0) -> dict[str, str]:
     """All three tiny models under ``out_dir``: ``{"vlm": ..., "causal_lm": ..., "encoder": ...}``."""
     root = Path(out_dir)
@@ -245,3 +265,43 @@ def build_tiny_models(out_dir: str | os.PathLike, seed: int = 0) -> dict[str, st
         "causal_lm": build_tiny_causal_lm(paths["causal_lm"], seed, tokenizer=shared),
         "encoder": build_tiny_encoder(paths["encoder"], seed),
     }
+
+
+# ----------------------------------------------------------------------------- the stage
+
+SUCCESS = "_SUCCESS.json"
+
+
+def run(cfg) -> dict:
+    """Stage ``models``: every tiny model under ``models.output``: ``vlm``, ``causal_lm``,
+    ``encoder``, ``vision``, and ``student-init`` (a VLM of another seed, sharing the tokenizer)."""
+    from sentiray import tracking
+    from sentiray.data import storage
+    from sentiray.models.loading import count_parameters, load_model
+
+    m = cfg.models
+    out = os.path.abspath(cfg.resolve(m.output))
+    with tracking.stage_run(cfg, "models"):
+        paths = build_tiny_models(out, seed=m.seed)
+        paths["vision"] = build_tiny_vision(os.path.join(out, "vision"), seed=m.seed)
+        tokenizer = None
+        if not _is_complete(Path(out, "student-init").resolve(), _signature("vlm", m.student_seed)):
+            from transformers import AutoProcessor
+
+            tokenizer = AutoProcessor.from_pretrained(paths["vlm"]).tokenizer  # the assistant's vocabulary
+        paths["student-init"] = build_tiny_vlm(os.path.join(out, "student-init"), seed=m.student_seed, tokenizer=tokenizer)
+        sizes = {}
+        for name, path in paths.items():
+            if name == "vision":  # an image processor, no tokenizer
+                from transformers import AutoModel
+
+                with quiet_transformers():
+                    model = AutoModel.from_pretrained(path)
+            else:
+                model, _ = load_model(path, kind="vlm" if name == "student-init" else name)
+            sizes[name] = count_parameters(model)[1]
+        tracking.log_metrics({f"params_{k.replace('-', '_')}": v for k, v in sizes.items()})
+    summary = {"output": out, "models": paths, "parameters": sizes}
+    storage.write_json(os.path.join(out, SUCCESS), summary)  # written last: the stage is complete
+    print("models: " + ", ".join(f"{k} {sizes[k]:,d} parameters" for k in paths) + f"; in {out}")
+    return summary

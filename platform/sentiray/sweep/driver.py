@@ -40,7 +40,7 @@ from sentiray import config as config_mod
 from sentiray import runtime, tracking
 from sentiray.config import ConfigError, JobConfig
 from sentiray.data import storage
-from sentiray.sweep import space
+from sentiray.sweep import seeds, space
 from sentiray import families
 from sentiray.train import launcher
 
@@ -110,6 +110,13 @@ def trial_resources(cfg: JobConfig) -> dict[str, float]:
     """
     train = cfg.train
     need = {"CPU": cfg.tune.trial_cpus + train.num_workers * train.cpus_per_worker}
+    if train.stream:
+        # the trial's Ray Data pipeline: its transform actors and a read task. Without them in
+        # the count, trials that fill the cluster leave Ray Data no CPU and every trial waits
+        # for its first batch for ever (seen: 4/4 CPUs held by placement groups, 0.25-CPU actors pending).
+        from sentiray.train.data import data_cpus
+
+        need["CPU"] += data_cpus(train)
     if train.use_gpu:
         need["GPU"] = float(train.num_workers)
     return need
@@ -595,8 +602,16 @@ def report(sweep: Sweep, grid, parent) -> dict[str, Any]:
           f"{counts['completed']} completed, {counts['early_stopped']} stopped early, {counts['error']} failed, "
           f"{summary['trial_epochs']} trial-epochs")
     print(f"tune: best config {best_uri}  ->  sentiray train {best_uri}")
+    # A seed grid (train.seed swept): mean and std of each dev metric per setting of the rest.
+    summary["seeds"] = seeds.aggregate(rows)
+    if summary["seeds"]:
+        print(f"tune: over seeds (dev metrics at each trial's best epoch)\n{seeds.format_table(summary['seeds'])}")
+        storage.write_json(storage.join(sweep.output, "seeds.json"), summary["seeds"])
     if parent is not None:
         _log_sweep(sweep, rows, table, best, best_yaml, summary, parent.info.run_id)
+        if summary["seeds"]:
+            tracking.log_text(seeds.format_table(summary["seeds"]) + "\n", "tune/seeds.txt")
+            tracking.log_json(summary["seeds"], "tune/seeds.json")
     return summary
 
 
