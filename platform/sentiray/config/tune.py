@@ -95,8 +95,9 @@ class TuneConfig(Section):
         None, gt=0, description="Default: as many as the cluster's CPUs (and GPUs) hold, given each trial's needs."
     )
     trial_cpus: float = Field(
-        1, ge=0, description="CPUs held by each trial's driver (the Tune trial that runs TorchTrainer.fit); its "
-                             "Train workers hold train.num_workers x train.cpus_per_worker more.",
+        0.5, ge=0, description="CPUs held by each trial's driver (the Tune trial that runs TorchTrainer.fit, mostly "
+                               "waiting); its Train workers hold train.num_workers x train.cpus_per_worker more, "
+                               "and a streamed input (train.stream) its Ray Data actors and a read task.",
     )
     seed: int | None = Field(0, description="Seed of the searcher's sampling (None: not reproducible).")
     output: str = Field("tune", description="URI of the sweep: Tune state, one folder per trial, best.yaml.")
