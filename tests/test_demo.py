@@ -1,4 +1,6 @@
-"""`sentiray demo` end to end (small sizes) on a fresh directory, and its MLflow record."""
+"""`sentiray demo` end to end (small sizes) on a fresh directory: the three chains from their
+pipeline files, a quiet console, and the MLflow record (a parent run per chain, a registered
+model per method)."""
 
 import base64
 
@@ -7,40 +9,72 @@ import pandas as pd
 import pytest
 
 from sentiray.data import schema, storage
-from sentiray.demo import run_demo
+from sentiray.demo import EXPERIMENT, run_demo
+
+SMALL = {"size": 150, "epochs": 2, "teacher_steps": 60}
 
 
 @pytest.mark.slow
-def test_demo_runs_every_stage_and_records_them(tmp_path, monkeypatch, ray_cluster):
+def test_demo_runs_the_three_chains_quietly_and_records_them(tmp_path, monkeypatch, capfd, ray_cluster):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    monkeypatch.chdir(tmp_path)
-    results = run_demo(workdir=str(tmp_path / "demo"), size=150, epochs=2, teacher_steps=60)
-    assert sum(schema.read_manifest(results["data"]["msc"])["counts"].values()) == 150
-    assert schema.read_manifest(results["rationales"])["counts"]["train"] == 120
-    assert schema.read_manifest(results["augmented"])["counts"]["train"] >= 120
-    assert storage.exists(storage.join(results["student"], "config.json"))
-    assert 0 <= results["metrics"]["label_accuracy"] <= 1
+    monkeypatch.chdir(tmp_path)  # the pipeline files are found in the source tree
+    results = run_demo(workdir=str(tmp_path / "demo"), **SMALL)
+    terminal = capfd.readouterr().out
+
+    chains = results["chains"]
+    assert set(chains) == {"mulcot", "lrsa", "mse"}
+    mulcot = chains["mulcot"]["outputs"]
+    assert sum(schema.read_manifest(mulcot["data"])["counts"].values()) == 150
+    assert schema.read_manifest(mulcot["rationales"])["counts"]["train"] == 120
+    assert schema.read_manifest(mulcot["augment"])["counts"]["train"] >= 120
+    assert storage.exists(storage.join(mulcot["student"], "config.json"))
+    assert 0 <= chains["mulcot"]["accuracy"] <= 1
+    assert 0 <= chains["lrsa"]["jmasa_f1"] <= 1
+    assert chains["mse"]["mae"] > 0 and chains["mse"]["baseline"] > 0
     assert [a["status"] for a in results["served"]] == [200] * len(results["served"])
 
+    # quiet: sentiray's own lines on the terminal, everything else in the log
+    lines = terminal.splitlines()
+    assert 20 < len(lines) <= 150, terminal
+    assert "Reporting training result" not in terminal and "FutureWarning" not in terminal
+    assert results["log"] and storage.exists(results["log"])
+    assert f"{results['log']}" in terminal
+    assert all(
+        f"rerun: sentiray pipeline {p}" in terminal
+        for p in ("jobs/pipeline.yaml", "jobs/pipeline_lrsa.yaml", "jobs/pipeline_mse.yaml")
+    )
+
     client = mlflow.MlflowClient(store)
-    exp = client.get_experiment_by_name("sentiray-demo")
-    parent = results["mlflow_parent_run"]
-    children = client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
-    names = {r.info.run_name for r in children}
-    assert {"models", "data-msc", "data-msa", "rationales", "assistant", "augment", "student", "evaluate-student"} <= names
-    assert all(r.info.status == "FINISHED" for r in children)
-    student = next(r for r in children if r.info.run_name == "student")
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    parents = {r.info.run_name: r for r in client.search_runs([exp.experiment_id], "tags.`sentiray.kind` = 'pipeline'")}
+    assert set(parents) == {"demo-mulcot", "demo-lrsa", "demo-mse"}
+    children = {
+        name: {
+            r.info.run_name: r
+            for r in client.search_runs(
+                [exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'"
+            )
+        }
+        for name, run in parents.items()
+    }
+    assert {"data-msc", "rationales-msc", "train-assistant", "augment", "train-student"} <= set(children["demo-mulcot"])
+    assert all(r.info.status == "FINISHED" for runs in children.values() for r in runs.values())
+    student = children["demo-mulcot"]["train-student"]
     assert student.data.params["distill.lambda_kd"] == "0.3"
     assert len(client.get_metric_history(student.info.run_id, "loss")) >= 2
-    assert {"plots/loss.png", "plots/dev.png"} <= {a.path for a in client.list_artifacts(student.info.run_id, "plots")}
-    evaluation = next(r for r in children if r.info.run_name == "evaluate-student")
-    assert {a.path for a in client.list_artifacts(evaluation.info.run_id, "evaluate")} >= {"evaluate/report.json", "evaluate/report.md"}
+    registered = {m.name for m in client.search_registered_models()}
+    assert {"sentiray-student", "sentiray-lrsa", "sentiray-mse-adapter-msa"} <= registered
+
     # the registered student loads back and predicts
-    rows = schema.read_rows(results["data"]["msc"], "test")[:4]
-    df = pd.DataFrame([{"text": r["text"], "image": base64.b64encode(r["image"]).decode(), "task": "msc"} for r in rows])
-    pred = mlflow.pyfunc.load_model(results["student_registered"]).predict(df)
+    rows = schema.read_rows(mulcot["data"], "test")[:4]
+    df = pd.DataFrame(
+        [{"text": r["text"], "image": base64.b64encode(r["image"]).decode(), "task": "msc"} for r in rows]
+    )
+    pred = mlflow.pyfunc.load_model("models:/sentiray-student/latest").predict(df)
     assert len(pred) == 4 and set(pred["label"]) <= {"positive", "neutral", "negative"}
-    # a rerun reuses the finished outputs
-    again = run_demo(workdir=str(tmp_path / "demo"), size=150, epochs=2, teacher_steps=60)
-    assert again["student"] == results["student"]
+
+    # a rerun reuses every finished stage and stand-in
+    again = run_demo(workdir=str(tmp_path / "demo"), serve=False, **SMALL)
+    assert again["chains"]["mulcot"]["outputs"] == mulcot
+    assert "skipped" in capfd.readouterr().out

@@ -1,17 +1,17 @@
 """The ``sentiray`` command line.
 
-    sentiray demo                          the whole chain on CPU with tiny models
-    sentiray run jobs/X.yaml [a.b=c ...]   run the stage a job YAML names
-    sentiray pipeline jobs/pipeline.yaml [--address URL]   the stages in order, finished ones skipped
-    sentiray data prepare ... / stats URI  canonical data sets
-    sentiray models tiny OUT               tiny HF models for tests and the demo
-    sentiray config show FILE [a.b=c ...]  print the resolved, validated config
-    sentiray submit jobs/X.yaml [a.b=c ...] --address URL [--wait|--follow]   a stage as a Ray job
-    sentiray jobs list | logs ID [--follow] | stop ID                         the cluster's jobs
-    sentiray k8s render serve/X.yaml | jobs/X.yaml [a.b=c ...] [-o FILE]      KubeRay manifests
-    sentiray serve serve/student.yaml [a.b=c ...]    the student behind an autoscaled endpoint
-    sentiray loadtest URL --concurrency N --duration S   requests/s and latency percentiles
-    sentiray score --task TASK FILE [--json]          the field's metrics of a predictions file
+sentiray demo                          the three chains on CPU with tiny models
+sentiray run jobs/X.yaml [a.b=c ...]   run the stage a job YAML names
+sentiray pipeline jobs/pipeline.yaml [--address URL]   the stages in order, finished ones skipped
+sentiray data prepare ... / stats URI  canonical data sets
+sentiray models tiny OUT               tiny HF models for tests and the demo
+sentiray config show FILE [a.b=c ...]  print the resolved, validated config
+sentiray submit jobs/X.yaml [a.b=c ...] --address URL [--wait|--follow]   a stage as a Ray job
+sentiray jobs list | logs ID [--follow] | stop ID                         the cluster's jobs
+sentiray k8s render serve/X.yaml | jobs/X.yaml [a.b=c ...] [-o FILE]      KubeRay manifests
+sentiray serve serve/student.yaml [a.b=c ...]    the student behind an autoscaled endpoint
+sentiray loadtest URL --concurrency N --duration S   requests/s and latency percentiles
+sentiray score --task TASK FILE [--json]          the field's metrics of a predictions file
 """
 
 from __future__ import annotations
@@ -69,7 +69,6 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     from sentiray import config, stages
-
     from sentiray.data import storage
 
     def path_arg(uri: str | None) -> str | None:
@@ -122,9 +121,23 @@ def cmd_models_tiny(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from sentiray.demo import run_demo
+    from sentiray.demo import FAMILIES, DemoFailed, run_demo
 
-    run_demo(workdir=args.workdir, size=args.size, fresh=args.fresh, epochs=args.epochs, teacher_steps=args.teacher_steps)
+    families = tuple(args.family) if args.family else FAMILIES
+    try:
+        run_demo(
+            workdir=args.workdir,
+            fresh=args.fresh,
+            families=families,
+            size=args.size,
+            epochs=args.epochs,
+            teacher_steps=args.teacher_steps,
+            serve=not args.no_serve,
+            verbose=args.verbose,
+        )
+    except DemoFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -140,25 +153,54 @@ _STAGE_HELP = {
     "tune": "sweep hyperparameters (Ray Tune)",
 }
 STAGE_COMMANDS = {k: v for k, v in _STAGE_HELP.items() if k in STAGES}
-COMMAND_MODULES: list[str] = ["sentiray.pipeline", "sentiray.cluster.commands", "sentiray.serving.app", "sentiray.serving.loadtest",
-                              "sentiray.evaluate.score"]
+COMMAND_MODULES: list[str] = [
+    "sentiray.pipeline",
+    "sentiray.cluster.commands",
+    "sentiray.serving.app",
+    "sentiray.clients.loadtest",
+    "sentiray.evaluate.score",
+]
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
-    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override config fields (values parsed as YAML)")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key.sub=value", help="override config fields (values parsed as YAML)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sentiray", description="Multimodal sentiment reasoning distillation on Ray.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="run the whole pipeline on CPU with tiny models and synthetic data")
+    p = sub.add_parser("demo", help="the three methods' chains on CPU with tiny models and synthetic data")
+    p.add_argument(
+        "--family",
+        action="append",
+        choices=["mulcot", "lrsa", "mse"],
+        help="run this chain only (repeatable; default: mulcot, lrsa and mse)",
+    )
     p.add_argument("--workdir", default="runs/demo", help="where the demo writes (default runs/demo)")
-    p.add_argument("--size", type=int, default=600, help="synthetic samples (default 600)")
     p.add_argument("--fresh", action="store_true", help="delete the workdir first instead of reusing finished stages")
-    p.add_argument("--epochs", type=int, default=10, help="training epochs of the assistant and the student (default 10)")
-    p.add_argument("--teacher-steps", dest="teacher_steps", type=int, default=1200,
-                   help="optimizer steps fitting the demo's tiny teacher on the gold chains (default 1200)")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Ray's, DeepSpeed's and torch's own output live (by default it goes to WORKDIR/demo.log)",
+    )
+    p.add_argument("--no-serve", dest="no_serve", action="store_true", help="skip serving the MulCoT student")
+    p.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="synthetic samples of every chain's data (default: the demo's sizes, see sentiray/demo.py)",
+    )
+    p.add_argument("--epochs", type=int, default=None, help="training epochs of every trained model")
+    p.add_argument(
+        "--teacher-steps",
+        dest="teacher_steps",
+        type=int,
+        default=None,
+        help="optimizer steps fitting the demo's stand-in models (teachers, MSE backbone)",
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("run", help="run the stage that a job YAML names (locally or inside a Ray job)")
@@ -185,8 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="prepare and inspect canonical data sets")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     d = dsub.add_parser("prepare", help="read a public data set (or generate one) into the canonical Parquet form")
-    d.add_argument("--format", required=True, help="synthetic, twitter2015, twitter2017, mabsa_json, mvsa_single, "
-                   "mvsa_multiple, mosi, mosei, sims, simsv2, meld")
+    d.add_argument(
+        "--format",
+        required=True,
+        help="synthetic, twitter2015, twitter2017, mabsa_json, mvsa_single, "
+        "mvsa_multiple, mosi, mosei, sims, simsv2, meld",
+    )
     d.add_argument("--input", help="folder of the public data set (not for synthetic)")
     d.add_argument("--output", required=True, help="URI of the canonical data set (local path or s3://)")
     d.add_argument("--task", help="synthetic: msc, masc, mabsa, msa or erc")
@@ -229,6 +275,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # Imported here, not above: the teacher pipeline is heavy and most commands never raise it.
+        from sentiray.teacher.pipeline import RationalesIncomplete
+
+        if not isinstance(exc, RationalesIncomplete):
+            raise
+        print(f"error: {exc}", file=sys.stderr)  # work left (teacher rejects, a busy output): a rerun continues
+        return 1
 
 
 if __name__ == "__main__":

@@ -40,12 +40,26 @@ def say(message: str = "") -> None:
     out.flush()
 
 
+def warn(message: str) -> None:
+    """An error or warning line for the person at the terminal (stderr unless quiet)."""
+    out = _console or sys.stderr
+    out.write(message + "\n")
+    out.flush()
+
+
 def progress(total: int | None, desc: str, unit: str = "it", **kwargs: Any):
     """A tqdm bar on the terminal (rate, ETA), whatever quiet mode did to stdout/stderr."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, file=stream(), dynamic_ncols=True, leave=True,
-                mininterval=1.0, **kwargs)
+    kwargs.setdefault("disable", None)  # no bar where the terminal is not one (a pipe, a log)
+    return tqdm(
+        total=total, desc=desc, unit=unit, file=stream(), dynamic_ncols=True, leave=True, mininterval=1.0, **kwargs
+    )
+
+
+def quiet_progress(total: int | None, desc: str, unit: str = "it"):
+    """A bar while quiet, else None: outside quiet mode the step prints its own progress lines."""
+    return progress(total, desc, unit) if is_quiet() else None
 
 
 @contextlib.contextmanager

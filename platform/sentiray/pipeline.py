@@ -60,7 +60,8 @@ class PipelineStage(Section):
     config: str = Field(description="Job YAML of the stage, relative to the current directory (e.g. jobs/data.yaml).")
     overrides: list[str] = Field(default_factory=list, description="a.b=c overrides for this stage only.")
     inputs: dict[str, str] = Field(
-        default_factory=dict, description="Config field -> name of an earlier step whose output it takes.")
+        default_factory=dict, description="Config field -> name of an earlier step whose output it takes."
+    )
 
     @field_validator("name")
     @classmethod
@@ -85,7 +86,9 @@ class PipelineConfig(Section):
                 raise ValueError(f"stage name {step.name!r} is used twice")
             for field, source in step.inputs.items():
                 if source not in seen:
-                    raise ValueError(f"stage {step.name!r}: input {field} takes {source!r}, which is not an earlier stage")
+                    raise ValueError(
+                        f"stage {step.name!r}: input {field} takes {source!r}, which is not an earlier stage"
+                    )
             seen.add(step.name)
         return self
 
@@ -108,6 +111,8 @@ def stage_output(cfg: JobConfig) -> str | None:
 
     if cfg.stage in ("data", "rationales", "augment"):
         return _absolute(cfg.resolve(cfg.data.output))
+    if cfg.stage == "models":
+        return _absolute(cfg.resolve(cfg.models.output))
     if cfg.stage == "train":
         return storage.join(_absolute(cfg.resolve(cfg.train.output)), "model")
     if cfg.stage == "evaluate":
@@ -133,6 +138,10 @@ def is_complete(cfg: JobConfig) -> bool:
         return storage.exists(storage.join(_absolute(cfg.resolve(cfg.train.output)), TRAIN_SUCCESS))
     if cfg.stage == "tune":
         return storage.exists(storage.join(out, SWEEP_SUCCESS))
+    if cfg.stage == "models":
+        from sentiray.models.tiny import SUCCESS as MODELS_SUCCESS
+
+        return storage.exists(storage.join(out, MODELS_SUCCESS))
     return storage.exists(storage.join(out, REPORT))
 
 
@@ -267,7 +276,14 @@ def _run_job(step: Step, client, address: str, parent_run_id: str | None, follow
     if follow and result.status != "SUCCEEDED":
         status = sj.follow(client, result.submission_id, sys.stdout, sub.secrets)
     else:
-        status = sj.wait(client, result.submission_id, on_status=lambda s: print(f"{step.name}: {result.submission_id} {s}", flush=True))
+        status = sj.wait(
+            client,
+            result.submission_id,
+            on_status=lambda s: print(f"{step.name}: {result.submission_id} {s}", flush=True),
+        )
+    retries = sj.job_retries(client, result.submission_id)
+    if retries is not None and retries.line():
+        print(f"{step.name}: {result.submission_id}: {retries.line()}", flush=True)
     if status != "SUCCEEDED":
         tail = sj.error_tail(client, result.submission_id, secrets=sub.secrets)
         print(tail, file=sys.stderr)
@@ -283,26 +299,45 @@ def _parent_run(pipe: PipelineConfig, state: State):
 
     if not pipe.tracking.enabled:
         return contextlib.nullcontext(None)
-    return tracking.pipeline_run(pipe.name, pipe.tracking, tags={"sentiray.pipeline": pipe.name},
-                                 run_id=state.mlflow_run_id)
+    return tracking.pipeline_run(
+        pipe.name, pipe.tracking, tags={"sentiray.pipeline": pipe.name}, run_id=state.mlflow_run_id
+    )
 
 
-def run(pipe: PipelineConfig, steps: list[Step], address: str | None = None, follow: bool = True) -> int:
-    """Run the chain; returns the exit code (0 done, 1 a stage failed, 130 interrupted)."""
-    state = State(pipe, steps)
+def run(
+    pipe: PipelineConfig, steps: list[Step], address: str | None = None, follow: bool = True, summary: bool = True
+) -> int:
+    """Run the chain; returns the exit code (0 done, 1 a stage failed, 130 interrupted).
+
+    Its own lines go through :mod:`sentiray.console` (they reach the terminal in quiet mode);
+    ``summary``: end with the table of stages.
+    """
+    from sentiray import console
+
     client = None
     if address:
+        from sentiray import runtime
         from sentiray.cluster import submit as sj
-        from sentiray.data import storage
 
-        client = sj.connect(address)  # an unreachable cluster fails before anything is written
-        roots = {s.cfg.storage.root for s in steps}
-        if any(not storage.is_remote(r) for r in roots):
-            print("warning: the stages write local paths on the cluster's machines "
-                  f"({', '.join(sorted(roots))}); without a shared filesystem use storage.root=s3://...",
-                  file=sys.stderr)
+        client = sj.connect(
+            address
+        )  # an unreachable cluster or a refused token fails before anything is read or written
+        if any(runtime.node_local_outputs(s.cfg) for s in steps):
+            nodes = sj.alive_nodes(address)
+            for s in steps:  # on several nodes, a node-local output fails the whole chain before its first stage
+                try:
+                    runtime.check_shared_storage(s.cfg, nodes)
+                except ConfigError as exc:
+                    raise ConfigError(f"stage {s.name!r}: {exc}") from None
+            roots = {s.cfg.storage.root for s in steps}
+            print(
+                f"warning: the stages write local paths ({', '.join(sorted(roots))}) on a one-node cluster; "
+                "with more nodes use storage.root=s3://...",
+                file=sys.stderr,
+            )
+    state = State(pipe, steps)
     where = f"one Ray job per stage at {address}" if address else "in this process"
-    print(f"pipeline {pipe.name}: {len(steps)} stage(s), {where}; state in {state.uri}", flush=True)
+    console.say(f"pipeline {pipe.name}: {len(steps)} stage(s), {where}; state in {state.uri}")
 
     rows: list[tuple[str, str, str, float]] = []
     code = 0
@@ -313,26 +348,30 @@ def run(pipe: PipelineConfig, steps: list[Step], address: str | None = None, fol
         for i, step in enumerate(steps, 1):
             header = f"== [{i}/{len(steps)}] {step.name} ({step.cfg.stage}, {step.config_path})"
             if is_complete(step.cfg):
-                print(f"{header}: complete at {step.output}; skipped", flush=True)
+                console.say(f"{header}: complete at {step.output}; skipped")
                 state.set(step.name, status="skipped", output=step.output)
                 rows.append((step.name, "skipped", step.output or "", 0.0))
                 continue
-            print(header, flush=True)
+            console.say(header)
             state.set(step.name, status="running", output=step.output, started=time.time())
             start = time.perf_counter()
             try:
-                extra = _run_job(step, client, address, parent and parent.info.run_id, follow) if client else _run_local(step)
+                extra = (
+                    _run_job(step, client, address, parent and parent.info.run_id, follow)
+                    if client
+                    else _run_local(step)
+                )
             except StageFailed as exc:
                 seconds = time.perf_counter() - start
                 state.set(step.name, status="failed", error=str(exc)[:2000], seconds=round(seconds, 1))
                 rows.append((step.name, "FAILED", str(exc).splitlines()[0][:100], seconds))
-                print(f"\npipeline {pipe.name}: stage {step.name!r} failed: {exc}", file=sys.stderr)
-                print(f"fix it and rerun the same command: the {i - 1} stage(s) before it are skipped", file=sys.stderr)
+                console.warn(f"\npipeline {pipe.name}: stage {step.name!r} failed: {exc}")
+                console.warn(f"fix it and rerun the same command: the {i - 1} stage(s) before it are skipped")
                 code = 1
                 break
             except KeyboardInterrupt:
                 state.set(step.name, status="interrupted")
-                print(f"\npipeline {pipe.name}: interrupted in {step.name!r}; rerun to go on from there", file=sys.stderr)
+                console.warn(f"\npipeline {pipe.name}: interrupted in {step.name!r}; rerun to go on from there")
                 return 130
             seconds = time.perf_counter() - start
             fields = {"job_id": extra.get("job_id")} if isinstance(extra, dict) and extra.get("job_id") else {}
@@ -342,10 +381,11 @@ def run(pipe: PipelineConfig, steps: list[Step], address: str | None = None, fol
             import mlflow
 
             mlflow.set_tag("sentiray.pipeline.status", "failed" if code else "succeeded")
-    print(f"\n== pipeline {pipe.name}")
-    width = max(len(r[0]) for r in rows)
-    for name, status, where_, seconds in rows:
-        print(f"{name:<{width}}  {status:<9}  {seconds:>7.1f}s  {where_}")
+    if summary:
+        console.say(f"\n== pipeline {pipe.name}")
+        width = max(len(r[0]) for r in rows)
+        for name, status, where_, seconds in rows:
+            console.say(f"{name:<{width}}  {status:<9}  {seconds:>7.1f}s  {where_}")
     return code
 
 
@@ -373,10 +413,20 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 def add_commands(sub) -> None:
     p = sub.add_parser("pipeline", help="run the stages of a pipeline YAML in order, skipping finished ones")
     p.add_argument("config", help="pipeline YAML, e.g. jobs/pipeline.yaml")
-    p.add_argument("overrides", nargs="*", metavar="[stage:]key.sub=value",
-                   help="overrides for every stage, or for one stage with its name and a colon")
-    p.add_argument("--address", help="Ray dashboard (http://HEAD:8265): each stage becomes a Ray job; "
-                                     "default: run every stage in this process")
-    p.add_argument("--dry-run", dest="dry_run", action="store_true", help="show each stage's command and state; run nothing")
-    p.add_argument("--quiet", action="store_true", help="on a cluster, print job states instead of streaming their logs")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="[stage:]key.sub=value",
+        help="overrides for every stage, or for one stage with its name and a colon",
+    )
+    p.add_argument(
+        "--address",
+        help="Ray dashboard (http://HEAD:8265): each stage becomes a Ray job; default: run every stage in this process",
+    )
+    p.add_argument(
+        "--dry-run", dest="dry_run", action="store_true", help="show each stage's command and state; run nothing"
+    )
+    p.add_argument(
+        "--quiet", action="store_true", help="on a cluster, print job states instead of streaming their logs"
+    )
     p.set_defaults(func=cmd_pipeline)

@@ -19,7 +19,6 @@ import tempfile
 import time
 from typing import Any
 
-
 from sentiray import tracking
 from sentiray.config import EvaluateConfig, JobConfig
 from sentiray.data import schema, storage
@@ -27,8 +26,13 @@ from sentiray.data import schema, storage
 REPORT = "report.json"
 
 
-def predict_rows(predictor, rows: list[dict[str, Any]], batch_size: int, options: dict[str, Any] | None = None,
-                 desc: str = "evaluate") -> list[dict[str, Any]]:
+def predict_rows(
+    predictor,
+    rows: list[dict[str, Any]],
+    batch_size: int,
+    options: dict[str, Any] | None = None,
+    desc: str = "evaluate",
+) -> list[dict[str, Any]]:
     """``predictor.predict`` over ``rows`` in batches, with a progress bar (rows/s, ETA)."""
     out: list[dict[str, Any]] = []
     from sentiray import console
@@ -52,13 +56,18 @@ def prediction_lines(predictor, rows, predictions) -> list[dict[str, Any]]:
 
 
 def report_markdown(predictor, report: dict[str, Any]) -> str:
-    head = [f"# Evaluation of {report['model']}", "",
-            f"family `{report['family']}`, task `{report['task']}`; data `{report['data']}` split `{report['split']}`, "
-            f"{report['n']} samples, {report['seconds']:.1f} s", ""]
+    head = [
+        f"# Evaluation of {report['model']}",
+        "",
+        f"family `{report['family']}`, task `{report['task']}`; data `{report['data']}` split `{report['split']}`, "
+        f"{report['n']} samples, {report['seconds']:.1f} s",
+        "",
+    ]
     body = predictor.report_markdown(report) if hasattr(predictor, "report_markdown") else ""
     if not body:
         body = "| metric | value |\n| --- | --- |\n" + "".join(
-            f"| {k} | {v:.4f} |\n" for k, v in report["metrics"].items())
+            f"| {k} | {v:.4f} |\n" for k, v in report["metrics"].items()
+        )
     return "\n".join(head) + body
 
 
@@ -84,8 +93,14 @@ def run(cfg: JobConfig) -> dict[str, Any]:
             raise schema.DataError(f"the model was trained for task {predictor.task!r}; {data_uri} holds {task!r}")
         options = predictor.evaluate_options(cfg) if hasattr(predictor, "evaluate_options") else {}
         predictions = predict_rows(predictor, rows, ecfg.batch_size, options)
-        report: dict[str, Any] = {"model": model_uri, "data": data_uri, "split": ecfg.split, "task": predictor.task,
-                                  "family": predictor.manifest.get("family"), "n": len(rows)}
+        report: dict[str, Any] = {
+            "model": model_uri,
+            "data": data_uri,
+            "split": ecfg.split,
+            "task": predictor.task,
+            "family": predictor.manifest.get("family"),
+            "n": len(rows),
+        }
         report.update(predictor.report(rows, predictions, options))
         report["seconds"] = time.perf_counter() - start
         _write_outputs(predictor, report, prediction_lines(predictor, rows, predictions), rows, predictions, out_uri)

@@ -35,8 +35,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_and_query(model: str, n_requests: int = 3, port: int | None = None, chat: bool = True,
-                    api_key: str | None = None) -> list[dict[str, Any]]:
+def serve_and_query(
+    model: str, n_requests: int = 3, port: int | None = None, chat: bool = True, api_key: str | None = None
+) -> list[dict[str, Any]]:
     """Serve ``model`` (an HF folder, s3:// prefix or models:/ URI), send requests, return the answers.
 
     Returns one dict per request: ``{"request": ..., "gold": ..., "status": ..., "answer": ...}``;
@@ -56,9 +57,20 @@ def serve_and_query(model: str, n_requests: int = 3, port: int | None = None, ch
     runtime.ensure_ray()
     serve_was_running = _get_global_client(raise_if_no_controller_running=False) is not None
     job = config.validate(
-        {"stage": "serve", "serve": {"model": model, "port": port or _free_port(), "app_name": DEMO_APP, "route_prefix": DEMO_PREFIX,
-                                     "blocking": False, "endpoint": {"chain_max_new_tokens": 64}, "chat_max_new_tokens": 32,
-                                     "min_replicas": 1, "max_replicas": 1}},
+        {
+            "stage": "serve",
+            "serve": {
+                "model": model,
+                "port": port or _free_port(),
+                "app_name": DEMO_APP,
+                "route_prefix": DEMO_PREFIX,
+                "blocking": False,
+                "endpoint": {"chain_max_new_tokens": 64},
+                "chat_max_new_tokens": 32,
+                "min_replicas": 1,
+                "max_replicas": 1,
+            },
+        },
         source="demo:serve",
     )
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -69,8 +81,11 @@ def serve_and_query(model: str, n_requests: int = 3, port: int | None = None, ch
             r = requests.post(f"{endpoint}/v1/sentiment", json=item["request"], headers=headers, timeout=120)
             answers.append({**item, "status": r.status_code, "answer": r.json()})
         if chat:
-            body = {"model": job.serve.served_model_name, "max_tokens": 32,
-                    "messages": [{"role": "user", "content": "Is this post positive? 'What a lovely day at the beach!'"}]}
+            body = {
+                "model": job.serve.served_model_name,
+                "max_tokens": 32,
+                "messages": [{"role": "user", "content": "Is this post positive? 'What a lovely day at the beach!'"}],
+            }
             r = requests.post(f"{endpoint}/v1/chat/completions", json=body, headers=headers, timeout=120)
             answers.append({"request": body, "gold": None, "status": r.status_code, "answer": r.json()})
     finally:
@@ -95,6 +110,8 @@ def format_answer(item: dict[str, Any]) -> str:
         return f"  chat: {text[:100]!r}  ({answer['usage']['completion_tokens']} tokens)"
     probs = ", ".join(f"{k} {v:.2f}" for k, v in answer["probabilities"].items())
     chain = (answer.get("chain") or "").replace("\n", " ")
-    return (f"  {item['request']['text'][:50]!r}: {answer['label']} ({probs}), gold {item['gold']}, "
-            f"chain says {answer.get('chain_label')}: {chain[:80]!r}  [batch {answer['timings']['batch_size']}, "
-            f"{answer['timings']['total_ms']:.0f} ms]")
+    return (
+        f"  {item['request']['text'][:50]!r}: {answer['label']} ({probs}), gold {item['gold']}, "
+        f"chain says {answer.get('chain_label')}: {chain[:80]!r}  [batch {answer['timings']['batch_size']}, "
+        f"{answer['timings']['total_ms']:.0f} ms]"
+    )

@@ -28,8 +28,8 @@ from typing import Any
 
 import torch
 
-from sentiray.data import chains, images, schema, storage
 from sentiray import prompts
+from sentiray.data import chains, images, schema, storage
 from sentiray.prompts.parsing import parse_label
 
 MARKER = ".sentiray-demo-teacher.json"
@@ -55,8 +55,10 @@ def training_examples(row: dict[str, Any]) -> list[tuple[str, str, str]]:
     fields = chains.parse_chain(chain)
     out = []
     if row.get("label"):
-        out += [("chain", prompts.render("chain", row), chain),
-                ("rationalize", prompts.render("rationalize", row, label=row["label"]), chain)]
+        out += [
+            ("chain", prompts.render("chain", row), chain),
+            ("rationalize", prompts.render("rationalize", row, label=row["label"]), chain),
+        ]
     # LRSA rationales: the chain's text and image analyses are what those prompts ask for; on
     # aspect posts the explanation covers every aspect of the post in order (the prompt names
     # none, so the rows of one post must share one target).
@@ -102,12 +104,28 @@ def rationale_signal(rows: list[dict[str, Any]]) -> dict[str, float]:
                 stance.append(parse_label(reading) == aspect["text_stance"])
                 terms.append(f"'{aspect['term']}'" in reading)
     share = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
-    return {"image_mood": share(mood), "image_mood_implicit": share(mood_implicit), "text_stance": share(stance),
-            "text_terms": share(terms), "text_exact": share(exact), "rows": float(len(rows))}
+    return {
+        "image_mood": share(mood),
+        "image_mood_implicit": share(mood_implicit),
+        "text_stance": share(stance),
+        "text_terms": share(terms),
+        "text_exact": share(exact),
+        "rows": float(len(rows)),
+    }
 
 
-def _train(model, encoder, items, steps: int, groups: list[dict[str, Any]], batch_size: int, rng: random.Random,
-           warmup: bool, log_every: int, stage: str) -> None:
+def _train(
+    model,
+    encoder,
+    items,
+    steps: int,
+    groups: list[dict[str, Any]],
+    batch_size: int,
+    rng: random.Random,
+    warmup: bool,
+    log_every: int,
+    stage: str,
+) -> None:
     """``steps`` AdamW steps on random batches of ``items`` (loss on target tokens only)."""
     if steps <= 0:
         return
@@ -141,8 +159,10 @@ def _train(model, encoder, items, steps: int, groups: list[dict[str, Any]], batc
             bar.set_postfix_str(f"loss {loss.item():.3f}", refresh=False)
         if step % log_every == 0 or step == steps:
             elapsed = time.perf_counter() - start
-            print(f"demo teacher [{stage}]: step {step}/{steps}  loss {sum(recent) / len(recent):.3f}  "
-                  f"{step / elapsed:.1f} steps/s  ETA {elapsed / step * (steps - step):.0f}s")
+            print(
+                f"demo teacher [{stage}]: step {step}/{steps}  loss {sum(recent) / len(recent):.3f}  "
+                f"{step / elapsed:.1f} steps/s  ETA {elapsed / step * (steps - step):.0f}s"
+            )
             recent = []
     if bar is not None:
         bar.close()
@@ -183,8 +203,18 @@ def fit_demo_teacher(
     from sentiray.models.loading import load_model, save_model
 
     out_dir = os.path.abspath(out_dir)
-    signature = _signature(vlm_path, data_uri, steps=steps, align_steps=align_steps, seed=seed, batch_size=batch_size, lr=lr, align_lr=align_lr,
-                           vision_lr_scale=vision_lr_scale, max_length=max_length)
+    signature = _signature(
+        vlm_path,
+        data_uri,
+        steps=steps,
+        align_steps=align_steps,
+        seed=seed,
+        batch_size=batch_size,
+        lr=lr,
+        align_lr=align_lr,
+        vision_lr_scale=vision_lr_scale,
+        max_length=max_length,
+    )
     if is_fitted(out_dir, signature):
         print(f"demo teacher: reusing {out_dir}")
         return out_dir
@@ -205,8 +235,10 @@ def fit_demo_teacher(
                 item = encoder.encode(prompt, None if kind == "explain_text" else image, target, max_length=max_length)
                 (look_items if kind == "look" else items).append(item)
         align_steps = align_steps if align_steps is not None else steps // 2
-        print(f"demo teacher: fitting {vlm_path} on {len(rows)} train rows: {align_steps} steps on the images' moods "
-              f"({len(look_items)} examples), then {steps} on {len(items)} examples of every prompt kind")
+        print(
+            f"demo teacher: fitting {vlm_path} on {len(rows)} train rows: {align_steps} steps on the images' moods "
+            f"({len(look_items)} examples), then {steps} on {len(items)} examples of every prompt kind"
+        )
         rng = random.Random(seed)
         vision = [p for n, p in model.named_parameters() if "vision_tower" in n or "multi_modal_projector" in n]
         vision_ids = {id(p) for p in vision}
@@ -216,12 +248,21 @@ def fit_demo_teacher(
         # picture from the words (they agree in most posts) and never uses the image; a high
         # rate at the start also saturates the random vision features for good. So first the
         # image alone, a one-word answer, a gentle rate.
-        _train(model, encoder, look_items, align_steps, [{"params": model.parameters(), "lr": align_lr}],
-               batch_size, rng, warmup=False, log_every=log_every, stage="align")
+        _train(
+            model,
+            encoder,
+            look_items,
+            align_steps,
+            [{"params": model.parameters(), "lr": align_lr}],
+            batch_size,
+            rng,
+            warmup=False,
+            log_every=log_every,
+            stage="align",
+        )
         # Stage 2: every prompt kind; the language model at full rate, the vision side gently.
         groups = [{"params": text, "lr": lr}, {"params": vision, "lr": lr * vision_lr_scale}]
-        _train(model, encoder, items, steps, groups, batch_size, rng, warmup=True,
-               log_every=log_every, stage="fit")
+        _train(model, encoder, items, steps, groups, batch_size, rng, warmup=True, log_every=log_every, stage="fit")
         model.eval()
 
     # Write beside the target and rename: a crash never leaves a folder that looks fitted.

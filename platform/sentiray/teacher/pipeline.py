@@ -64,11 +64,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sentiray import tracking
+from sentiray import prompts, tracking
 from sentiray.config import ConfigError, JobConfig, TeacherConfig
 from sentiray.data import schema, storage
 from sentiray.data.images import ImageError
-from sentiray import prompts
+from sentiray.prompts.parsing import parse_label
 from sentiray.teacher.backends import (
     TEACHER_ERROR,
     UNREADABLE_IMAGE,
@@ -77,7 +77,6 @@ from sentiray.teacher.backends import (
     require_vllm,
     teacher_name,
 )
-from sentiray.prompts.parsing import parse_label
 
 # Columns this stage adds to every row.
 RATIONALE_FIELDS: list[pa.Field] = [
@@ -105,8 +104,12 @@ OUTPUT_SCHEMA = pa.schema(schema.CANONICAL_FIELDS + RATIONALE_FIELDS)
 RESULT_SCHEMA = pa.schema(
     [pa.field("id", pa.string())]
     + RATIONALE_FIELDS
-    + [pa.field("error", pa.string()), pa.field("retries", pa.int32()), pa.field("retry_causes", pa.string()),
-       pa.field("split", pa.string())]
+    + [
+        pa.field("error", pa.string()),
+        pa.field("retries", pa.int32()),
+        pa.field("retry_causes", pa.string()),
+        pa.field("split", pa.string()),
+    ]
 )
 # The columns the teacher reads (not audio/vision features, not the gold chain).
 WORK_COLUMNS = ("id", "task", "text", "aspect", "label", "image", "image_uri")
@@ -239,11 +242,23 @@ def teach(backend, rows: list[dict[str, Any]], plan: Plan) -> list[dict[str, Any
             continue
         first.append(Request(_key(rid, "chain"), prompts.render("chain", row, plan.prompts_dir), image_of[rid]))
         if plan.lrsa:  # LRSA's L_t explains the text alone (no image: cheaper); L_i describes the image
-            first.append(Request(_key(rid, "explain_text"), prompts.render("explain_text", row, plan.prompts_dir),
-                                 None, plan.lrsa_max_new_tokens))
+            first.append(
+                Request(
+                    _key(rid, "explain_text"),
+                    prompts.render("explain_text", row, plan.prompts_dir),
+                    None,
+                    plan.lrsa_max_new_tokens,
+                )
+            )
             if image_of[rid] is not None:
-                first.append(Request(_key(rid, "describe_image"), prompts.render("describe_image", row, plan.prompts_dir),
-                                     image_of[rid], plan.lrsa_max_new_tokens))
+                first.append(
+                    Request(
+                        _key(rid, "describe_image"),
+                        prompts.render("describe_image", row, plan.prompts_dir),
+                        image_of[rid],
+                        plan.lrsa_max_new_tokens,
+                    )
+                )
     answers = {a.key: a for a in backend.answer(first)}
 
     second: list[Request] = []
@@ -256,8 +271,13 @@ def teach(backend, rows: list[dict[str, Any]], plan: Plan) -> list[dict[str, Any
             continue
         gold = row.get("label")
         predicted = parse_label(chain.text, plan.labels)
-        res.update(rationale=chain.text, rationale_pass=1, rationale_tokens=chain.tokens, teacher_prediction=predicted,
-                   teacher_correct=None if gold is None else predicted == gold)
+        res.update(
+            rationale=chain.text,
+            rationale_pass=1,
+            rationale_tokens=chain.tokens,
+            teacher_prediction=predicted,
+            teacher_correct=None if gold is None else predicted == gold,
+        )
         if plan.lrsa:
             explain = answers[_key(rid, "explain_text")]
             if _absorb(res, explain, causes[rid]):
@@ -286,7 +306,9 @@ def teach(backend, rows: list[dict[str, Any]], plan: Plan) -> list[dict[str, Any
             kept = parse_label(res["rationale"], plan.labels)
             res["rationale_correct"] = kept == gold
             if res["rationale_pass"] == 2 and kept != gold:
-                res["rationale_note"] = f"{PASS2_DISAGREES}: its chain reads {kept or 'no label'}, the gold label is {gold}"
+                res["rationale_note"] = (
+                    f"{PASS2_DISAGREES}: its chain reads {kept or 'no label'}, the gold label is {gold}"
+                )
         # A noted chain argues for another label than gold: training on it would teach that label.
         res["use_for_training"] = plan.keep_disagreeing or res["rationale_note"] is None
         res["retry_causes"] = json.dumps(dict(causes[row["id"]]))
@@ -383,8 +405,12 @@ class ShardStore:
                 self.retry[rid] = name
             else:
                 self.done.add(rid)
-        self._drop({name: {rid for rid in ids if rid in rows_ids or newest[rid][0] != name}
-                    for name, ids in self._reject_ids.items()})
+        self._drop(
+            {
+                name: {rid for rid in ids if rid in rows_ids or newest[rid][0] != name}
+                for name, ids in self._reject_ids.items()
+            }
+        )
 
     def _remove_stale_temps(self) -> None:
         """A killed run may leave ``part-N.parquet.tmp-xxxx`` behind (local disk only)."""
@@ -432,8 +458,9 @@ class ShardStore:
         return name
 
 
-def shard_tables(split: str, inputs: pa.Table, position: dict[str, int],
-                 results: list[dict[str, Any]]) -> tuple[pa.Table, pa.Table]:
+def shard_tables(
+    split: str, inputs: pa.Table, position: dict[str, int], results: list[dict[str, Any]]
+) -> tuple[pa.Table, pa.Table]:
     """(rows, rejects) of one shard: each result joined to its input row by id."""
     ok = [r for r in results if not r["error"]]
     bad = [r for r in results if r["error"]]
@@ -489,9 +516,15 @@ class OutputLease:
         self.output = output
         self.uri = storage.join(output, LEASE_FILE)
         self.ttl_s = ttl_s
-        self.me = {"run": uuid.uuid4().hex, "host": socket.gethostname(), "space": _process_space(),
-                   "pid": os.getpid(), "pid_started": _started_at(os.getpid()),
-                   "started": _dt.datetime.now(_dt.timezone.utc).isoformat(), "heartbeat": time.time()}
+        self.me = {
+            "run": uuid.uuid4().hex,
+            "host": socket.gethostname(),
+            "space": _process_space(),
+            "pid": os.getpid(),
+            "pid_started": _started_at(os.getpid()),
+            "started": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+            "heartbeat": time.time(),
+        }
         self.lost: str | None = None  # set by the heartbeat when another run took the lease
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -501,8 +534,10 @@ class OutputLease:
         if holder is None:
             return "nobody (the lease file is gone)"
         age = time.time() - float(holder.get("heartbeat") or 0)
-        return (f"run {holder.get('run')} of pid {holder.get('pid')} on {holder.get('host')}, started "
-                f"{holder.get('started')}, last heartbeat {age:.0f}s ago")
+        return (
+            f"run {holder.get('run')} of pid {holder.get('pid')} on {holder.get('host')}, started "
+            f"{holder.get('started')}, last heartbeat {age:.0f}s ago"
+        )
 
     def _read(self) -> dict[str, Any] | None:
         try:
@@ -555,8 +590,9 @@ class OutputLease:
             why = self._abandoned(holder)
             if why is None:
                 raise self._locked(holder)
-            print(f"rationales: taking over the output from an abandoned run ({self.describe(holder)}: {why})",
-                  flush=True)
+            print(
+                f"rationales: taking over the output from an abandoned run ({self.describe(holder)}: {why})", flush=True
+            )
             storage.remove(self.uri)
         if not self._create():
             raise self._locked(self._read())
@@ -570,8 +606,10 @@ class OutputLease:
         """Raise :class:`OutputLocked` unless the lease is still ours."""
         holder = self._read()
         if self.lost or holder is None or holder.get("run") != self.me["run"]:
-            raise OutputLocked(f"rationales: lost the lease on {self.output} to {self.describe(holder)}; stopped "
-                               f"before committing more (committed shards are whole)")
+            raise OutputLocked(
+                f"rationales: lost the lease on {self.output} to {self.describe(holder)}; stopped "
+                f"before committing more (committed shards are whole)"
+            )
 
     def _beat(self) -> None:
         while not self._stop.wait(self.ttl_s / 4):
@@ -706,11 +744,18 @@ def _job_record(cfg: JobConfig, input_uri: str, task: str, name: str) -> dict[st
     """What determines the committed rows: a rerun must match it to resume into the same output."""
     t = cfg.teacher
     return {
-        "input": input_uri, "teacher": name, "backend": t.backend,
-        "model": t.model.path if t.model else t.endpoint_model, "max_new_tokens": t.max_new_tokens,
-        "temperature": t.temperature, "seed": t.seed, "prompts": _templates_digest(task, t.prompts_dir),
-        "lrsa_rationales": t.lrsa_rationales, "lrsa_max_new_tokens": t.lrsa_max_new_tokens,
-        "splits": sorted(t.splits), "rationalize_splits": sorted(t.rationalize_splits),
+        "input": input_uri,
+        "teacher": name,
+        "backend": t.backend,
+        "model": t.model.path if t.model else t.endpoint_model,
+        "max_new_tokens": t.max_new_tokens,
+        "temperature": t.temperature,
+        "seed": t.seed,
+        "prompts": _templates_digest(task, t.prompts_dir),
+        "lrsa_rationales": t.lrsa_rationales,
+        "lrsa_max_new_tokens": t.lrsa_max_new_tokens,
+        "splits": sorted(t.splits),
+        "rationalize_splits": sorted(t.rationalize_splits),
         "keep_disagreeing_pass2": t.keep_disagreeing_pass2,  # decides use_for_training of committed rows
     }
 
@@ -776,14 +821,23 @@ def _load_split(split: str, input_uri: str, output: str) -> SplitWork | None:
     store = ShardStore(output, split)
     todo = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=pa.array(sorted(store.done), pa.string()))))
     retry = f" ({len(store.retry)} of them teacher errors of an earlier run, asked again)" if store.retry else ""
-    print(f"rationales: {split}: {todo.num_rows} rows to do{retry}, {table.num_rows - todo.num_rows} already "
-          f"committed in {store.next_index} shards", flush=True)
+    print(
+        f"rationales: {split}: {todo.num_rows} rows to do{retry}, {table.num_rows - todo.num_rows} already "
+        f"committed in {store.next_index} shards",
+        flush=True,
+    )
     position = {rid: i for i, rid in enumerate(todo.column("id").to_pylist())}
     return SplitWork(split, todo, position, store)
 
 
-def _process(works: list[SplitWork], settings: dict[str, Any], t: TeacherConfig, progress: Progress,
-             counters: Counter, lease: OutputLease) -> None:
+def _process(
+    works: list[SplitWork],
+    settings: dict[str, Any],
+    t: TeacherConfig,
+    progress: Progress,
+    counters: Counter,
+    lease: OutputLease,
+) -> None:
     """Stream every split's remaining rows through one actor pool (the model loads once) and
     commit each split's answers shard by shard."""
     import ray
@@ -804,8 +858,11 @@ def _process(works: list[SplitWork], settings: dict[str, Any], t: TeacherConfig,
         # Ray 2.60 takes max_restarts / max_task_retries only as the deprecated free remote args.
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
         ds = ray.data.from_arrow(blocks).map_batches(
-            TeacherActor, fn_constructor_kwargs={"settings": settings}, batch_size=t.batch_size,
-            batch_format="pyarrow", **_actor_options(t),
+            TeacherActor,
+            fn_constructor_kwargs={"settings": settings},
+            batch_size=t.batch_size,
+            batch_format="pyarrow",
+            **_actor_options(t),
         )
 
     def commit(w: SplitWork, results: list[dict[str, Any]]) -> None:
@@ -893,11 +950,13 @@ def output_counts(output: str, splits: Iterable[str]) -> dict[str, Any]:
     }
 
 
-def _write_manifest(output: str, input_manifest: dict[str, Any], found: dict[str, Any],
-                    notes: dict[str, Any]) -> dict[str, Any]:
+def _write_manifest(
+    output: str, input_manifest: dict[str, Any], found: dict[str, Any], notes: dict[str, Any]
+) -> dict[str, Any]:
     if not _reject_files(output):  # the canonical layout always has a rejects split, maybe empty
-        storage.write_bytes(storage.join(output, "rejects", "part-00000.parquet"),
-                            _parquet_bytes(schema.REJECT_SCHEMA.empty_table()))
+        storage.write_bytes(
+            storage.join(output, "rejects", "part-00000.parquet"), _parquet_bytes(schema.REJECT_SCHEMA.empty_table())
+        )
     manifest = {
         "schema_version": schema.SCHEMA_VERSION,
         "source": input_manifest.get("source"),
@@ -946,25 +1005,39 @@ def sample_markdown(output: str, split: str = "train", n: int = 20) -> str:
     table = _read_output(output, split)
     if table.num_rows == 0:
         return f"(no {split} rows)\n"
-    rows = sorted(table.drop_columns([c for c in ("image", "audio", "vision") if c in table.column_names]).to_pylist(),
-                  key=lambda r: r["id"])[:n]
+    rows = sorted(
+        table.drop_columns([c for c in ("image", "audio", "vision") if c in table.column_names]).to_pylist(),
+        key=lambda r: r["id"],
+    )[:n]
     parts = [f"# Sample of teacher chains ({split}, {len(rows)} of {table.num_rows})\n"]
     for r in rows:
-        parts.append(f"## {r['id']}\n\n- text: {r['text']}\n- aspect: {r.get('aspect')}\n- gold: {r.get('label')} | "
-                     f"pass-1 prediction: {r['teacher_prediction']} | kept chain from pass {r['rationale_pass']} | "
-                     f"teacher: {r['teacher']}\n\n```\n{r['rationale']}\n```\n")
+        parts.append(
+            f"## {r['id']}\n\n- text: {r['text']}\n- aspect: {r.get('aspect')}\n- gold: {r.get('label')} | "
+            f"pass-1 prediction: {r['teacher_prediction']} | kept chain from pass {r['rationale_pass']} | "
+            f"teacher: {r['teacher']}\n\n```\n{r['rationale']}\n```\n"
+        )
         if r.get("text_explanation") is not None:
-            parts.append(f"- text explanation: {r['text_explanation']}\n- image description: {r['image_description']}\n")
+            parts.append(
+                f"- text explanation: {r['text_explanation']}\n- image description: {r['image_description']}\n"
+            )
     return "\n".join(parts)
 
 
 def _skipped(output: str) -> dict[str, Any]:
     manifest = schema.read_manifest(output)
     kept = manifest.get("rejects_teacher", 0)
-    accepted = (f"; its {kept} teacher-side rejects were accepted (teacher.allow_rejects): delete "
-                f"{storage.join(output, '_manifest.json')} and rerun to ask again for just those") if kept else ""
-    print(f"rationales: {output} is complete ({manifest['counts']}); skipped (set data.overwrite=true to redo)"
-          f"{accepted}", flush=True)
+    accepted = (
+        (
+            f"; its {kept} teacher-side rejects were accepted (teacher.allow_rejects): delete "
+            f"{storage.join(output, '_manifest.json')} and rerun to ask again for just those"
+        )
+        if kept
+        else ""
+    )
+    print(
+        f"rationales: {output} is complete ({manifest['counts']}); skipped (set data.overwrite=true to redo){accepted}",
+        flush=True,
+    )
     return {"output": output, "skipped": True, "manifest": manifest}
 
 
@@ -1015,8 +1088,9 @@ def run(cfg: JobConfig) -> dict[str, Any]:
         lease.release()
 
 
-def _run_leased(cfg: JobConfig, lease: OutputLease, input_uri: str, output: str, task: str,
-                model_path: str | None) -> dict[str, Any]:
+def _run_leased(
+    cfg: JobConfig, lease: OutputLease, input_uri: str, output: str, task: str, model_path: str | None
+) -> dict[str, Any]:
     t = cfg.teacher
     name = teacher_name(t)
     input_manifest = schema.read_manifest(input_uri)
@@ -1024,9 +1098,14 @@ def _run_leased(cfg: JobConfig, lease: OutputLease, input_uri: str, output: str,
     if t.backend == "openai" and not os.environ.get(t.api_key_env):
         print(f"rationales: no API key in ${t.api_key_env}; sending requests without one", flush=True)
 
-    plan = Plan(teacher=name, labels=schema.labels_for(task), lrsa=t.lrsa_rationales,
-                lrsa_max_new_tokens=t.lrsa_max_new_tokens, prompts_dir=t.prompts_dir,
-                keep_disagreeing=t.keep_disagreeing_pass2)
+    plan = Plan(
+        teacher=name,
+        labels=schema.labels_for(task),
+        lrsa=t.lrsa_rationales,
+        lrsa_max_new_tokens=t.lrsa_max_new_tokens,
+        prompts_dir=t.prompts_dir,
+        keep_disagreeing=t.keep_disagreeing_pass2,
+    )
     settings = {"teacher": t.model_dump(mode="json"), "model_path": model_path, "plan": asdict(plan)}
     splits = [s for s in schema.SPLITS if s in t.splits]
 
@@ -1035,8 +1114,9 @@ def _run_leased(cfg: JobConfig, lease: OutputLease, input_uri: str, output: str,
 
         ensure_ray(cfg.ray)
         total = sum(input_manifest.get("counts", {}).get(s, 0) for s in splits)
-        print(f"rationales: teacher {name} ({t.backend}); {input_uri} -> {output}; {total} rows in {splits}",
-              flush=True)
+        print(
+            f"rationales: teacher {name} ({t.backend}); {input_uri} -> {output}; {total} rows in {splits}", flush=True
+        )
         works = [w for w in (_load_split(s, input_uri, output) for s in splits) if w is not None]
         already = total - sum(w.todo.num_rows for w in works)
         progress = Progress(total, already)
@@ -1059,33 +1139,67 @@ def _run_leased(cfg: JobConfig, lease: OutputLease, input_uri: str, output: str,
         }
         teacher_quality = quality(output, splits)
         found = output_counts(output, splits)
-        metrics = {**teacher_quality, **run_metrics,
-                   **{k: found[k] for k in ("rejects", "rejects_content", "rejects_teacher", "pass2_failed",
-                                            "pass2_disagreeing", "excluded_from_training")}}
+        metrics = {
+            **teacher_quality,
+            **run_metrics,
+            **{
+                k: found[k]
+                for k in (
+                    "rejects",
+                    "rejects_content",
+                    "rejects_teacher",
+                    "pass2_failed",
+                    "pass2_disagreeing",
+                    "excluded_from_training",
+                )
+            },
+        }
         if found["rejects_teacher"] and not t.allow_rejects:
             tracking.log_metrics(metrics)
             raise TeacherRejects(_rejects_summary(output, found, t))
-        notes = {"stage": "rationales", "input": input_uri, "teacher": name, "backend": t.backend,
-                 "rationale_columns": list(RATIONALE_COLUMNS), "rationalize_splits": list(t.rationalize_splits),
-                 "lrsa_rationales": t.lrsa_rationales, "keep_disagreeing_pass2": t.keep_disagreeing_pass2,
-                 "quality": teacher_quality}
+        notes = {
+            "stage": "rationales",
+            "input": input_uri,
+            "teacher": name,
+            "backend": t.backend,
+            "rationale_columns": list(RATIONALE_COLUMNS),
+            "rationalize_splits": list(t.rationalize_splits),
+            "lrsa_rationales": t.lrsa_rationales,
+            "keep_disagreeing_pass2": t.keep_disagreeing_pass2,
+            "quality": teacher_quality,
+        }
         manifest = _write_manifest(output, input_manifest, found, notes)
         tracking.log_metrics(metrics)
         tracking.log_json(manifest, "rationales/manifest.json")
         tracking.log_text(sample_markdown(output, splits[0]), "rationales/sample_chains.md")
-    print(f"rationales: wrote {output}: {manifest['counts']}, {manifest['rejects']} rejects"
-          f"{' ' + json.dumps(manifest['reject_reasons']) if manifest['rejects'] else ''}; "
-          f"{run_metrics['rows_processed']} rows this run at {run_metrics['rows_per_s']:.2f} rows/s, "
-          f"{run_metrics['retries']} retries", flush=True)
+    print(
+        f"rationales: wrote {output}: {manifest['counts']}, {manifest['rejects']} rejects"
+        f"{' ' + json.dumps(manifest['reject_reasons']) if manifest['rejects'] else ''}; "
+        f"{run_metrics['rows_processed']} rows this run at {run_metrics['rows_per_s']:.2f} rows/s, "
+        f"{run_metrics['retries']} retries",
+        flush=True,
+    )
     if found["rejects_teacher"]:
-        print(f"rationales: {found['rejects_teacher']} teacher-side rejects accepted (teacher.allow_rejects): "
-              f"{found['teacher_reject_causes']}", flush=True)
+        print(
+            f"rationales: {found['rejects_teacher']} teacher-side rejects accepted (teacher.allow_rejects): "
+            f"{found['teacher_reject_causes']}",
+            flush=True,
+        )
     if found["pass2_failed"] or found["pass2_disagreeing"]:
-        kept = "kept for training (teacher.keep_disagreeing_pass2)" if t.keep_disagreeing_pass2 else \
-            "use_for_training=false"
-        print(f"rationales: {found['pass2_failed']} rows kept their pass-1 chain after pass 2 failed, "
-              f"{found['pass2_disagreeing']} pass-2 chains disagree with the gold label: {kept}", flush=True)
+        kept = (
+            "kept for training (teacher.keep_disagreeing_pass2)"
+            if t.keep_disagreeing_pass2
+            else "use_for_training=false"
+        )
+        print(
+            f"rationales: {found['pass2_failed']} rows kept their pass-1 chain after pass 2 failed, "
+            f"{found['pass2_disagreeing']} pass-2 chains disagree with the gold label: {kept}",
+            flush=True,
+        )
     if "pass1_accuracy" in metrics:
-        print(f"rationales: pass-1 teacher accuracy {metrics['pass1_accuracy']:.3f}, parse failures "
-              f"{metrics.get('parse_failure_rate', 0):.3f}", flush=True)
+        print(
+            f"rationales: pass-1 teacher accuracy {metrics['pass1_accuracy']:.3f}, parse failures "
+            f"{metrics.get('parse_failure_rate', 0):.3f}",
+            flush=True,
+        )
     return {"output": output, "skipped": False, "manifest": manifest, "metrics": metrics}
