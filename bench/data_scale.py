@@ -28,28 +28,61 @@ from sentiray.data.prepare import run as prepare  # noqa: E402
 
 def data(root: str, size: int) -> str:
     out = f"data-{size}"
-    prepare(config.validate({"stage": "data", "storage": {"root": root}, "data": {
-        "format": "synthetic", "task": "msc", "size": size + 400, "output": out, "image_size": 32,
-        "split_ratios": [size / (size + 400), 200 / (size + 400), 200 / (size + 400)]}}))
+    prepare(
+        config.validate(
+            {
+                "stage": "data",
+                "storage": {"root": root},
+                "data": {
+                    "format": "synthetic",
+                    "task": "msc",
+                    "size": size + 400,
+                    "output": out,
+                    "image_size": 32,
+                    "split_ratios": [size / (size + 400), 200 / (size + 400), 200 / (size + 400)],
+                },
+            }
+        )
+    )
     return out
 
 
 def train(root: str, model: str, data_uri: str, stream: bool, args) -> dict:
     name = f"{data_uri}-{'stream' if stream else 'memory'}"
-    summary = stages.run_stage(config.validate({
-        "stage": "train", "name": name, "storage": {"root": root}, "ray": {"num_cpus": 4},
-        "tracking": {"experiment": "bench-data-scale", "run_name": name},
-        "data": {"format": "canonical", "input": data_uri}, "model": {"path": model},
-        "mulcot": {"role": "assistant", "chain_column": "gold_chain"},
-        "train": {"output": f"out/{name}", "epochs": 1, "max_steps": args.steps, "batch_size": 8, "lr": 1e-3,
-                  "num_workers": args.workers, "zero_stage": 0, "log_every": args.steps // 2, "stream": stream,
-                  "scheduler": "constant", "keep_checkpoints": 1},
-    }))
+    summary = stages.run_stage(
+        config.validate(
+            {
+                "stage": "train",
+                "name": name,
+                "storage": {"root": root},
+                "ray": {"num_cpus": 4},
+                "tracking": {"experiment": "bench-data-scale", "run_name": name},
+                "data": {"format": "canonical", "input": data_uri},
+                "model": {"path": model},
+                "mulcot": {"role": "assistant", "chain_column": "gold_chain"},
+                "train": {
+                    "output": f"out/{name}",
+                    "epochs": 1,
+                    "max_steps": args.steps,
+                    "batch_size": 8,
+                    "lr": 1e-3,
+                    "num_workers": args.workers,
+                    "zero_stage": 0,
+                    "log_every": args.steps // 2,
+                    "stream": stream,
+                    "scheduler": "constant",
+                    "keep_checkpoints": 1,
+                },
+            }
+        )
+    )
     import mlflow
 
     client = mlflow.MlflowClient()
-    run = client.search_runs([client.get_experiment_by_name("bench-data-scale").experiment_id],
-                             filter_string=f"attributes.run_name = '{name}'")[0]
+    run = client.search_runs(
+        [client.get_experiment_by_name("bench-data-scale").experiment_id],
+        filter_string=f"attributes.run_name = '{name}'",
+    )[0]
     steps = sorted(client.get_metric_history(run.info.run_id, "samples_per_s"), key=lambda m: m.step)
     return {"sps": steps[-1].value, "rss": summary["final"]["peak_rss_mb"]}
 
@@ -71,16 +104,22 @@ def main() -> None:
         for stream in (True, False):
             results[(size, stream)] = train(root, model, uri, stream, args)
             print(f"{size} rows, {'streamed' if stream else 'in memory'}: {results[(size, stream)]}", flush=True)
-    print("\n| train rows | streamed RSS (MB) | in-memory RSS (MB) | streamed samples/s | in-memory samples/s "
-          "| RSS streamed / in-memory | samples/s streamed / in-memory |")
+    print(
+        "\n| train rows | streamed RSS (MB) | in-memory RSS (MB) | streamed samples/s | in-memory samples/s "
+        "| RSS streamed / in-memory | samples/s streamed / in-memory |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for size in args.sizes:
         s, m = results[(size, True)], results[(size, False)]
-        print(f"| {size} | {s['rss']:.0f} | {m['rss']:.0f} | {s['sps']:.1f} | {m['sps']:.1f} | "
-              f"{s['rss'] / m['rss']:.2f} | {s['sps'] / m['sps']:.2f} |")
+        print(
+            f"| {size} | {s['rss']:.0f} | {m['rss']:.0f} | {s['sps']:.1f} | {m['sps']:.1f} | "
+            f"{s['rss'] / m['rss']:.2f} | {s['sps'] / m['sps']:.2f} |"
+        )
     first, last = results[(args.sizes[0], True)], results[(args.sizes[-1], True)]
-    print(f"\nstreamed RSS from {args.sizes[0]} to {args.sizes[-1]} rows: {last['rss'] / first['rss']:.2f}x "
-          f"(goal: within 1.20x)")
+    print(
+        f"\nstreamed RSS from {args.sizes[0]} to {args.sizes[-1]} rows: {last['rss'] / first['rss']:.2f}x "
+        f"(goal: within 1.20x)"
+    )
 
 
 if __name__ == "__main__":

@@ -74,16 +74,18 @@ if os.path.isdir(SRC):
 # Qwen2.5 text decoders (config.json of Qwen/Qwen2.5-0.5B-Instruct and -3B-Instruct).
 QWEN_VOCAB = 151_936
 SIZES = {
-    "a": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-              intermediate_size=4864),
-    "b": dict(hidden_size=2048, num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2,
-              intermediate_size=11008),
+    "a": dict(
+        hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, intermediate_size=4864
+    ),
+    "b": dict(
+        hidden_size=2048, num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2, intermediate_size=11008
+    ),
 }
 TINY_SIZES = {
-    "a": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-              intermediate_size=128),
-    "b": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-              intermediate_size=256),
+    "a": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128),
+    "b": dict(
+        hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, intermediate_size=256
+    ),
 }
 # A small CLIP tower on the tiny processor's 32x32 images (16 image tokens per image).
 VISION = dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4)
@@ -111,13 +113,13 @@ QWEN_VL_SPECIAL = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|vid
 PROPOSED_FIXES = r'''--- a/sentiray/models/generation.py
 +++ b/sentiray/models/generation.py
 @@ -6,6 +6,7 @@
- 
+
  from __future__ import annotations
- 
+
 +import dataclasses
  from dataclasses import dataclass
  from typing import Any, Sequence
- 
+
 @@ -95,7 +96,7 @@
              base = self.encoder.encode_prompt(prompt, image)
              for label in labels:
@@ -130,16 +132,16 @@ PROPOSED_FIXES = r'''--- a/sentiray/models/generation.py
 --- a/sentiray/models/inputs.py
 +++ b/sentiray/models/inputs.py
 @@ -7,7 +7,7 @@
- 
+
  from __future__ import annotations
- 
+
 -from dataclasses import dataclass
 +from dataclasses import dataclass, field
  from typing import Any, Sequence
- 
+
  import torch
 @@ -20,11 +20,19 @@
- 
+
  @dataclass
  class Encoded:
 -    """One sequence: token ids, the number of leading prompt tokens, optional pixels."""
@@ -150,15 +152,15 @@ PROPOSED_FIXES = r'''--- a/sentiray/models/generation.py
 +    the prompt (Qwen2-VL's ``mm_token_type_ids``, which its 3D rotary positions need),
 +    0 on target and padding tokens.
 +    """
- 
+
      input_ids: list[int]
      prompt_len: int
 -    pixel_values: torch.Tensor | None = None  # (1, C, H, W)
 +    pixel_values: torch.Tensor | None = None  # LLaVA: (1, C, H, W); Qwen2-VL: (patches, dim)
 +    image_extras: dict[str, torch.Tensor] = field(default_factory=dict)
 +    token_extras: dict[str, list[int]] = field(default_factory=dict)
- 
- 
+
+
  class PromptEncoder:
 @@ -47,7 +55,17 @@
          text = self.chat_text(prompt, use_image)
@@ -178,7 +180,7 @@ PROPOSED_FIXES = r'''--- a/sentiray/models/generation.py
 +            return Encoded(ids[0].tolist(), int(ids.shape[1]), out["pixel_values"], image_extras, token_extras)
          ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
          return Encoded(list(ids), len(ids))
- 
+
 @@ -76,7 +94,17 @@
              mask[i, start : start + n] = 1
              labels[i, start + e.prompt_len : start + n] = torch.tensor(e.input_ids[e.prompt_len :], dtype=torch.long)
@@ -282,8 +284,9 @@ def _tiny_processor_dir(root: str) -> str:
 def job_build_llava(args: dict[str, Any]) -> dict[str, Any]:
     """A LLaVA VLM of the given text size with the tiny tokenizer, processor and a small CLIP tower."""
     import torch
-    from sentiray.models.tiny import quiet_transformers
     from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
+
+    from sentiray.models.tiny import quiet_transformers
 
     tiny = _tiny_processor_dir(args["root"])
     processor = AutoProcessor.from_pretrained(tiny)
@@ -319,14 +322,21 @@ def _qwen_tokenizer():
     Without the ``image_token`` attribute the tiny tokenizer carries for LLaVA:
     Qwen2_5_VLProcessor uses ``tokenizer.image_token`` when there is one.
     """
-    from sentiray.models.tokenizer import IM_END, PAD_TOKEN, train_tokenizer
     from transformers import PreTrainedTokenizerFast
+
+    from sentiray.models.tokenizer import IM_END, PAD_TOKEN, train_tokenizer
 
     backend = train_tokenizer().backend_tokenizer
     backend.add_special_tokens(QWEN_VL_SPECIAL)
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token=PAD_TOKEN, eos_token=IM_END, bos_token=None, unk_token=None,
-        padding_side="right", model_max_length=4096, clean_up_tokenization_spaces=False,
+        tokenizer_object=backend,
+        pad_token=PAD_TOKEN,
+        eos_token=IM_END,
+        bos_token=None,
+        unk_token=None,
+        padding_side="right",
+        model_max_length=4096,
+        clean_up_tokenization_spaces=False,
     )
     tok.chat_template = QWEN_VL_CHAT_TEMPLATE
     return tok
@@ -342,7 +352,9 @@ def _qwen_processor(tok, video: bool = True):
         from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
         image_processor = Qwen2VLImageProcessor(size=size, patch_size=14, merge_size=2, temporal_patch_size=2)
-        video_processor = Qwen2VLVideoProcessor(size=size, patch_size=14, merge_size=2, temporal_patch_size=2) if video else None
+        video_processor = (
+            Qwen2VLVideoProcessor(size=size, patch_size=14, merge_size=2, temporal_patch_size=2) if video else None
+        )
     except (ImportError, ValueError):  # no torchvision: the PIL image processor, no video
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
             Qwen2VLImageProcessorPil,
@@ -357,29 +369,61 @@ def _qwen_processor(tok, video: bool = True):
             def check_argument_for_proper_class(self, name, arg):
                 return None if arg is None else super().check_argument_for_proper_class(name, arg)
 
-        return _ImagesOnly(image_processor=image_processor, tokenizer=tok, video_processor=None,
-                           chat_template=QWEN_VL_CHAT_TEMPLATE)
-    return Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tok, video_processor=video_processor,
-                               chat_template=QWEN_VL_CHAT_TEMPLATE)
+        return _ImagesOnly(
+            image_processor=image_processor, tokenizer=tok, video_processor=None, chat_template=QWEN_VL_CHAT_TEMPLATE
+        )
+    return Qwen2_5_VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        video_processor=video_processor,
+        chat_template=QWEN_VL_CHAT_TEMPLATE,
+    )
 
 
 def job_build_qwen(args: dict[str, Any]) -> dict[str, Any]:
     import torch
-    from sentiray.models.tiny import quiet_transformers
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from sentiray.models.tiny import quiet_transformers
 
     tok = _qwen_tokenizer()
     processor = _qwen_processor(tok)
     ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_VL_SPECIAL}
-    text = dict(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                intermediate_size=128, max_position_embeddings=4096, tie_word_embeddings=True,
-                rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
-                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None)
-    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=14,
-                  spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1])
-    cfg = Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
-                           video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
-                           vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=True)
+    text = dict(
+        vocab_size=len(tok),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=None,
+    )
+    vision = dict(
+        depth=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        out_hidden_size=64,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=56,
+        fullatt_block_indexes=[1],
+    )
+    cfg = Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(args["seed"])
     with quiet_transformers():
         model = Qwen2_5_VLForConditionalGeneration(cfg)
@@ -396,7 +440,9 @@ def job_build_qwen(args: dict[str, Any]) -> dict[str, Any]:
 # ============================================================================= training runs
 
 
-def _job_config(args: dict[str, Any], zero: int, role: str = "assistant", teacher: str | None = None, precision: str = "bf16"):
+def _job_config(
+    args: dict[str, Any], zero: int, role: str = "assistant", teacher: str | None = None, precision: str = "bf16"
+):
     from sentiray import config
 
     raw: dict[str, Any] = {
@@ -404,10 +450,21 @@ def _job_config(args: dict[str, Any], zero: int, role: str = "assistant", teache
         "storage": {"root": args["root"]},
         "data": {"format": "synthetic", "task": "msc", "output": "data"},
         "model": {"path": args["model"], "kind": "vlm", "dtype": "bfloat16" if precision == "bf16" else "float32"},
-        "train": {"role": role, "chain_column": "gold_chain", "batch_size": args["batch_size"], "precision": precision,
-                  "zero_stage": zero, "scheduler": "constant", "lr": args["lr"], "grad_clip": 1.0,
-                  "max_steps": args["steps"], "use_gpu": args["device"] == "cuda", "max_length": 512,
-                  "output": os.path.join(args["root"], "out"), "seed": 0},
+        "train": {
+            "role": role,
+            "chain_column": "gold_chain",
+            "batch_size": args["batch_size"],
+            "precision": precision,
+            "zero_stage": zero,
+            "scheduler": "constant",
+            "lr": args["lr"],
+            "grad_clip": 1.0,
+            "max_steps": args["steps"],
+            "use_gpu": args["device"] == "cuda",
+            "max_length": 512,
+            "output": os.path.join(args["root"], "out"),
+            "seed": 0,
+        },
     }
     if teacher is not None:
         raw["distill"] = {"teacher_path": teacher, "lambda_kd": 0.5, "tau": 2.0}
@@ -435,6 +492,7 @@ def _family(job):
 def job_train(args: dict[str, Any]) -> dict[str, Any]:
     """N optimizer steps of the MulCoT loss, through DeepSpeed as loop.py does, or plain PyTorch."""
     import torch
+
     from sentiray.models.loading import count_parameters
     from sentiray.train import deepspeed_config
     from sentiray.train.loop import make_scheduler, micro_batches
@@ -470,7 +528,11 @@ def job_train(args: dict[str, Any]) -> dict[str, Any]:
         result["ds_config"] = ds_config
         t0 = time.perf_counter()
         engine, optimizer, _, scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, dist_init_required=False,
+            model=model,
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
+            config=ds_config,
+            dist_init_required=False,
         )
         result["stages"]["ds_init_s"] = time.perf_counter() - t0
         result["optimizer"] = type(optimizer).__name__
@@ -535,7 +597,10 @@ def job_train(args: dict[str, Any]) -> dict[str, Any]:
             t0 = time.perf_counter()
             inner = engine.module if hasattr(engine, "module") else engine
             combined = family.evaluate(inner, dev_rows[: args["evaluate"]])
-            result["dev"] = family.summarize(combined) | {"count": combined["count"], "eval_s": time.perf_counter() - t0}
+            result["dev"] = family.summarize(combined) | {
+                "count": combined["count"],
+                "eval_s": time.perf_counter() - t0,
+            }
         except Exception as exc:  # noqa: BLE001 - reported
             result["dev_error"] = _error(exc)
     # The end-of-epoch HF export (ZeRO-3 gathers the shards first), loaded back.
@@ -560,13 +625,23 @@ def _profile(step, batches, device) -> dict[str, Any]:
         _sync(device)
         wall = time.perf_counter() - t0
     ka = prof.key_averages()
-    gpu_us = sum(getattr(e, "self_device_time_total", 0) for e in ka if getattr(e, "device_type", None) is not None
-                 and "CUDA" in str(e.device_type))
-    out = {"steps": len(batches), "wall_s": wall, "gpu_kernel_s": gpu_us / 1e6,
-           "top_gpu": ka.table(sort_by="self_device_time_total", row_limit=12, max_name_column_width=60),
-           "top_cpu": ka.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60)}
-    print(f"[gpu_check] profile: {len(batches)} steps, wall {wall:.3f}s, GPU kernels {gpu_us / 1e6:.3f}s\n"
-          f"{out['top_gpu']}\n{out['top_cpu']}", flush=True)
+    gpu_us = sum(
+        getattr(e, "self_device_time_total", 0)
+        for e in ka
+        if getattr(e, "device_type", None) is not None and "CUDA" in str(e.device_type)
+    )
+    out = {
+        "steps": len(batches),
+        "wall_s": wall,
+        "gpu_kernel_s": gpu_us / 1e6,
+        "top_gpu": ka.table(sort_by="self_device_time_total", row_limit=12, max_name_column_width=60),
+        "top_cpu": ka.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60),
+    }
+    print(
+        f"[gpu_check] profile: {len(batches)} steps, wall {wall:.3f}s, GPU kernels {gpu_us / 1e6:.3f}s\n"
+        f"{out['top_gpu']}\n{out['top_cpu']}",
+        flush=True,
+    )
     return out
 
 
@@ -582,7 +657,11 @@ def _check_export(engine, family, args: dict[str, Any]) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     loaded, _ = load_model(out, kind="vlm", dtype="bfloat16")
     # Compare a trained tensor (the final norm: all ones at init) with the engine's.
-    name = next(n for n, _ in loaded.named_parameters() if n.endswith("norm.weight") and "language_model" in n and "layers" not in n)
+    name = next(
+        n
+        for n, _ in loaded.named_parameters()
+        if n.endswith("norm.weight") and "language_model" in n and "layers" not in n
+    )
     saved = dict(loaded.named_parameters())[name].detach().float().cpu()
     param = dict(engine.module.named_parameters())[name]
     if engine.zero_optimization_stage() == 3:
@@ -592,9 +671,14 @@ def _check_export(engine, family, args: dict[str, Any]) -> dict[str, Any]:
             live = param.detach().float().cpu().clone()
     else:
         live = param.detach().float().cpu()
-    return {"seconds": seconds, "params_loaded": count_parameters(loaded)[1], "checked": name,
-            "max_abs_diff": float((saved - live).abs().max()), "moved_from_init": float((saved - 1).abs().max()),
-            "files": sorted(os.listdir(out))}
+    return {
+        "seconds": seconds,
+        "params_loaded": count_parameters(loaded)[1],
+        "checked": name,
+        "max_abs_diff": float((saved - live).abs().max()),
+        "moved_from_init": float((saved - 1).abs().max()),
+        "files": sorted(os.listdir(out)),
+    }
 
 
 # ============================================================================= Qwen2.5-VL
@@ -603,11 +687,12 @@ def _check_export(engine, family, args: dict[str, Any]) -> dict[str, Any]:
 def job_qwen(args: dict[str, Any]) -> dict[str, Any]:
     """Load the tiny Qwen2.5-VL through load_model; generate, score labels, train a few steps."""
     import torch
+
+    from sentiray import prompts
     from sentiray.data import images, schema
     from sentiray.models.generation import Generator
     from sentiray.models.inputs import PromptEncoder
     from sentiray.models.loading import load_model
-    from sentiray import prompts
 
     device = _device(args)
     dtype = torch.bfloat16 if args.get("precision", "bf16") == "bf16" else torch.float32
@@ -635,12 +720,16 @@ def job_qwen(args: dict[str, Any]) -> dict[str, Any]:
             state["model"], state["processor"] = load_model(args["model"], kind="vlm", dtype=str(dtype).split(".")[-1])
         state["model"].to(device)
         proc, tok = state["processor"], getattr(state["processor"], "tokenizer", None)
-        return {"model_class": type(state["model"]).__name__, "processor_class": type(proc).__name__,
-                "image_processor": type(proc.image_processor).__name__,
-                "video_processor": type(getattr(proc, "video_processor", None)).__name__,
-                "image_token": getattr(proc, "image_token", None), "image_token_id": getattr(proc, "image_token_id", None),
-                "tokenizer_has_chat_template": bool(getattr(tok, "chat_template", None)),
-                "processor_has_chat_template": bool(getattr(proc, "chat_template", None))}
+        return {
+            "model_class": type(state["model"]).__name__,
+            "processor_class": type(proc).__name__,
+            "image_processor": type(proc.image_processor).__name__,
+            "video_processor": type(getattr(proc, "video_processor", None)).__name__,
+            "image_token": getattr(proc, "image_token", None),
+            "image_token_id": getattr(proc, "image_token_id", None),
+            "tokenizer_has_chat_template": bool(getattr(tok, "chat_template", None)),
+            "processor_has_chat_template": bool(getattr(proc, "chat_template", None)),
+        }
 
     if not check("load_model", load):
         return out
@@ -658,8 +747,14 @@ def job_qwen(args: dict[str, Any]) -> dict[str, Any]:
         n_img = sum(1 for t in item.input_ids if t == processor.image_token_id)
         keys = sorted(enc.collate([item]).keys())
         ref_keys = sorted(processor(text=[chat], images=[imgs[0]], return_tensors="pt").keys())
-        return {"chat_text": chat[:400], "image_tokens_in_prompt": n_img, "prompt_len": item.prompt_len,
-                "pixel_values_shape": list(item.pixel_values.shape), "our_batch_keys": keys, "processor_keys": ref_keys}
+        return {
+            "chat_text": chat[:400],
+            "image_tokens_in_prompt": n_img,
+            "prompt_len": item.prompt_len,
+            "pixel_values_shape": list(item.pixel_values.shape),
+            "our_batch_keys": keys,
+            "processor_keys": ref_keys,
+        }
 
     check("encode_prompt", prompt_tokens)
 
@@ -669,7 +764,11 @@ def job_qwen(args: dict[str, Any]) -> dict[str, Any]:
         enc = PromptEncoder(processor)
         chat = enc.chat_text(texts[0], True)
         ref_in = processor(text=[chat], images=[imgs[0]], return_tensors="pt")
-        ref_in = {k: (v.to(device, dtype) if k == "pixel_values" else v.to(device)) for k, v in ref_in.items() if isinstance(v, torch.Tensor)}
+        ref_in = {
+            k: (v.to(device, dtype) if k == "pixel_values" else v.to(device))
+            for k, v in ref_in.items()
+            if isinstance(v, torch.Tensor)
+        }
         batch = enc.collate([enc.encode_prompt(texts[0], imgs[0])])
         batch.pop("labels")
         ours = {k: (v.to(device, dtype) if k == "pixel_values" else v.to(device)) for k, v in batch.items()}
@@ -678,8 +777,10 @@ def job_qwen(args: dict[str, Any]) -> dict[str, Any]:
             got = model(**ours).logits.float()
         diff = float((ref - got).abs().max())
         if diff > 1e-3:
-            raise AssertionError(f"logits from our encoder differ from the processor's full output by {diff:.4g} "
-                                 f"(our keys {sorted(ours)}, processor's {sorted(ref_in)})")
+            raise AssertionError(
+                f"logits from our encoder differ from the processor's full output by {diff:.4g} "
+                f"(our keys {sorted(ours)}, processor's {sorted(ref_in)})"
+            )
         found = {"max_abs_diff": diff}
         if "mm_token_type_ids" in ref_in:
             # What dropping it costs: transformers then silently falls back to 1D positions.
@@ -704,8 +805,11 @@ def job_qwen(args: dict[str, Any]) -> dict[str, Any]:
             raise AssertionError(f"label_logprobs gave {tuple(lp.shape)}: {lp}")
         # Batched scoring (right padding, 3 prompts x 3 labels) must equal one at a time.
         single = torch.stack([gen.label_logprobs([t], [im], labels)[0] for t, im in zip(texts, imgs)])
-        return {"shape": list(lp.shape), "logprobs_row0": [round(float(x), 3) for x in lp[0]],
-                "batched_vs_single_max_diff": float((lp - single).abs().max())}
+        return {
+            "shape": list(lp.shape),
+            "logprobs_row0": [round(float(x), 3) for x in lp[0]],
+            "batched_vs_single_max_diff": float((lp - single).abs().max()),
+        }
 
     check("label_logprobs", score)
     model = None  # free it before the training check loads its own copy
@@ -714,12 +818,15 @@ def job_qwen(args: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.empty_cache()
 
     if args.get("train_steps") and not args.get("direct_processor"):
+
         def train():
             sub = dict(args, engine="deepspeed", zero=2, steps=args["train_steps"], warmup=1, evaluate=6, export=False)
             res = job_train(sub)
             if "dev_error" in res:
                 raise RuntimeError("dev evaluation failed:\n" + res["dev_error"])
-            return {k: res[k] for k in ("losses", "loss_decreased", "samples_per_s", "peak_alloc_gb", "dev", "parts_last")}
+            return {
+                k: res[k] for k in ("losses", "loss_decreased", "samples_per_s", "peak_alloc_gb", "dev", "parts_last")
+            }
 
         check("mulcot_train_zero2", train)
     return out
@@ -755,22 +862,35 @@ def worker(spec_path: str) -> None:
         pass
 
 
-def run_job(name: str, spec: dict[str, Any], root: str, src: str | None = None, timeout: float = 1800) -> dict[str, Any]:
+def run_job(
+    name: str, spec: dict[str, Any], root: str, src: str | None = None, timeout: float = 1800
+) -> dict[str, Any]:
     """Run one job in a fresh Python process; returns its result dict."""
     spec = dict(spec, name=name, root=root)
     spec_path = os.path.join(root, f"job-{name}.json")
     spec["result"] = os.path.join(root, f"result-{name}.json")
     with open(spec_path, "w") as f:
         json.dump(spec, f)
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1",
-               LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+    env = dict(
+        os.environ,
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(_free_port()),
+        RANK="0",
+        WORLD_SIZE="1",
+        LOCAL_RANK="0",
+        LOCAL_WORLD_SIZE="1",
+        PYTHONUNBUFFERED="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
     if src:
         env["GPU_CHECK_SRC"] = src
         env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     _log(f"--- {name} ({'patched' if src else 'stock'} code)")
     start = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", spec_path], env=env, timeout=timeout, check=False)
+        proc = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--worker", spec_path], env=env, timeout=timeout, check=False
+        )
         code = proc.returncode
     except subprocess.TimeoutExpired:
         code = "timeout"
@@ -823,7 +943,7 @@ def versions() -> dict[str, str]:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("VERSIONS "):
-            out.update(json.loads(line[len("VERSIONS "):]))
+            out.update(json.loads(line[len("VERSIONS ") :]))
     if "torch" not in out:
         out["error"] = proc.stderr[-500:]
     return out
@@ -868,15 +988,25 @@ def main() -> None:
     skip = set(filter(None, args.skip.split(",")))
     root = args.workdir or tempfile.mkdtemp(prefix="gpu-check-")
     os.makedirs(root, exist_ok=True)
-    base = {"device": args.device, "precision": args.precision, "batch_size": args.batch_size, "lr": args.lr,
-            "steps": steps, "warmup": warmup}
+    base = {
+        "device": args.device,
+        "precision": args.precision,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "steps": steps,
+        "warmup": warmup,
+    }
     started = time.perf_counter()
     ver = versions()
-    device_line = (f"device: {ver.get('gpu')} | python {ver.get('python')} | torch {ver.get('torch')} (CUDA {ver.get('cuda')}) | "
-                   f"transformers {ver.get('transformers')} | deepspeed {ver.get('deepspeed')} | peft {ver.get('peft')} | "
-                   f"pydantic {ver.get('pydantic')} | torchvision {ver.get('torchvision')}")
+    device_line = (
+        f"device: {ver.get('gpu')} | python {ver.get('python')} | torch {ver.get('torch')} (CUDA {ver.get('cuda')}) | "
+        f"transformers {ver.get('transformers')} | deepspeed {ver.get('deepspeed')} | peft {ver.get('peft')} | "
+        f"pydantic {ver.get('pydantic')} | torchvision {ver.get('torchvision')}"
+    )
     _log(device_line)
-    _log(f"workdir {root}; {steps} steps per run ({warmup} warm-up), batch {args.batch_size}, lr {args.lr}, {args.precision}")
+    _log(
+        f"workdir {root}; {steps} steps per run ({warmup} warm-up), batch {args.batch_size}, lr {args.lr}, {args.precision}"
+    )
 
     patched = None if args.no_proposed_fixes else patched_source(root)
     results: dict[str, dict[str, Any]] = {}
@@ -890,19 +1020,34 @@ def main() -> None:
     need_student = "kd" not in skip and "a" in wanted
     for name, seed in [(m, 0) for m in wanted] + ([("a_student", 1)] if need_student else []):
         size = sizes[name.split("_")[0]]
-        res = run_job(f"build-{name}", dict(base, job="build_llava", text=size, vision=vision, vocab_size=vocab, seed=seed,
-                                             out=os.path.join(root, f"llava-{name}")), root)
+        res = run_job(
+            f"build-{name}",
+            dict(
+                base,
+                job="build_llava",
+                text=size,
+                vision=vision,
+                vocab_size=vocab,
+                seed=seed,
+                out=os.path.join(root, f"llava-{name}"),
+            ),
+            root,
+        )
         results[f"build-{name}"] = res
         if res.get("ok"):
             models[name] = res
             _log(f"model {name}: {res['params'] / 1e6:.1f}M parameters, built in {res['build_s']:.0f}s")
     if "qwen" not in skip:
-        res = run_job("build-qwen", dict(base, job="build_qwen", seed=0, out=os.path.join(root, "qwen2_5_vl-tiny")), root)
+        res = run_job(
+            "build-qwen", dict(base, job="build_qwen", seed=0, out=os.path.join(root, "qwen2_5_vl-tiny")), root
+        )
         results["build-qwen"] = res
 
     def save(table: list[dict[str, Any]]) -> str:
         """Write the report so far (a run cut short still leaves the finished rows)."""
-        report = render_report(device_line, ver, base, table, results, patched is not None, time.perf_counter() - started, args)
+        report = render_report(
+            device_line, ver, base, table, results, patched is not None, time.perf_counter() - started, args
+        )
         with open(os.path.join(root, "results.json"), "w") as f:
             json.dump(results, f, indent=1, default=str)
         if args.report:
@@ -920,27 +1065,64 @@ def main() -> None:
             continue
         path = models[name]["path"]
         label = f"({name}) LLaVA {fmt_params(models[name]['params'])}"
-        runs = ([] if "plain" in skip else [("plain", None)]) + [("deepspeed", int(z)) for z in args.zero.split(",") if z]
+        runs = ([] if "plain" in skip else [("plain", None)]) + [
+            ("deepspeed", int(z)) for z in args.zero.split(",") if z
+        ]
         for engine, zero in runs:
             key = f"train-{name}-{'plain' if engine == 'plain' else f'z{zero}'}"
-            spec = dict(base, job="train", model=path, engine=engine, zero=zero or 0, profile=args.profile,
-                        evaluate=0 if "eval" in skip else 8, export=(name == "a" and engine == "deepspeed" and "export" not in skip))
+            spec = dict(
+                base,
+                job="train",
+                model=path,
+                engine=engine,
+                zero=zero or 0,
+                profile=args.profile,
+                evaluate=0 if "eval" in skip else 8,
+                export=(name == "a" and engine == "deepspeed" and "export" not in skip),
+            )
             res = run_job(key, spec, root)
             results[key] = res
-            table.append({"key": key, "model": label, "params": models[name]["params"],
-                          "path": "plain PyTorch bf16" if engine == "plain" else f"DeepSpeed ZeRO-{zero}", "res": res, "model_id": name})
+            table.append(
+                {
+                    "key": key,
+                    "model": label,
+                    "params": models[name]["params"],
+                    "path": "plain PyTorch bf16" if engine == "plain" else f"DeepSpeed ZeRO-{zero}",
+                    "res": res,
+                    "model_id": name,
+                }
+            )
             save(table)
 
     # ---- KD: student (a)-sized, frozen assistant (a)
     if need_student and "a" in models and "a_student" in models:
         for src, tag in [(None, "stock")] + ([(patched, "patched")] if patched else []):
             key = f"kd-{tag}"
-            spec = dict(base, job="train", model=models["a_student"]["path"], engine="deepspeed", zero=2, role="student",
-                        teacher=models["a"]["path"], steps=min(steps, 6), warmup=1, evaluate=0, export=False)
+            spec = dict(
+                base,
+                job="train",
+                model=models["a_student"]["path"],
+                engine="deepspeed",
+                zero=2,
+                role="student",
+                teacher=models["a"]["path"],
+                steps=min(steps, 6),
+                warmup=1,
+                evaluate=0,
+                export=False,
+            )
             res = run_job(key, spec, root, src=src)
             results[key] = res
-            table.append({"key": key, "model": f"(a) student + KD ({tag} code)", "params": models["a"]["params"],
-                          "path": "DeepSpeed ZeRO-2", "res": res, "model_id": "kd"})
+            table.append(
+                {
+                    "key": key,
+                    "model": f"(a) student + KD ({tag} code)",
+                    "params": models["a"]["params"],
+                    "path": "DeepSpeed ZeRO-2",
+                    "res": res,
+                    "model_id": "kd",
+                }
+            )
 
     # ---- Qwen2.5-VL
     if "qwen" not in skip and results.get("build-qwen", {}).get("ok"):
@@ -952,8 +1134,14 @@ def main() -> None:
             direct = True  # no torchvision here: load_model refuses Qwen2.5-VL; check the rest
         for src, tag in [(None, "stock")] + ([(patched, "patched")] if patched else []):
             key = f"qwen-{tag}"
-            spec = dict(base, job="qwen", model=results["build-qwen"]["path"], direct_processor=direct,
-                        train_steps=0 if direct else 4, batch_size=2)
+            spec = dict(
+                base,
+                job="qwen",
+                model=results["build-qwen"]["path"],
+                direct_processor=direct,
+                train_steps=0 if direct else 4,
+                batch_size=2,
+            )
             results[key] = run_job(key, spec, root, src=src)
 
     report = save(table)
@@ -961,21 +1149,32 @@ def main() -> None:
 
 
 def render_report(device_line, ver, base, table, results, patched, seconds, args) -> str:
-    lines = ["## GPU check", "", device_line, "",
-             f"{base['steps']} optimizer steps per run ({base['warmup']} warm-up steps untimed), batch {base['batch_size']} "
-             f"(each sample = a chain stream + a label stream), lr {base['lr']}, {base['precision']}, MulCoT assistant loss "
-             f"on synthetic msc rows (gold_chain). Total wall time {seconds:.0f}s.", "",
-             "| model | params | path / ZeRO stage | samples/s | vs plain | step s (of it: collate on CPU) | peak GPU mem GB (alloc / reserved) | loss first -> last | dev eval / export |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    plain = {row["model_id"]: row["res"].get("samples_per_s") for row in table
-             if row["path"].startswith("plain") and row["res"].get("ok")}
+    lines = [
+        "## GPU check",
+        "",
+        device_line,
+        "",
+        f"{base['steps']} optimizer steps per run ({base['warmup']} warm-up steps untimed), batch {base['batch_size']} "
+        f"(each sample = a chain stream + a label stream), lr {base['lr']}, {base['precision']}, MulCoT assistant loss "
+        f"on synthetic msc rows (gold_chain). Total wall time {seconds:.0f}s.",
+        "",
+        "| model | params | path / ZeRO stage | samples/s | vs plain | step s (of it: collate on CPU) | peak GPU mem GB (alloc / reserved) | loss first -> last | dev eval / export |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    plain = {
+        row["model_id"]: row["res"].get("samples_per_s")
+        for row in table
+        if row["path"].startswith("plain") and row["res"].get("ok")
+    }
     for row in table:
         res = row["res"]
         if not res.get("ok"):
             mem = res.get("peak_alloc_gb")
             mem_s = f"{mem:.1f} at failure" if isinstance(mem, float) and not math.isnan(mem) else "-"
-            lines.append(f"| {row['model']} | {fmt_params(row['params'])} | {row['path']} | FAILED | - | - | {mem_s} | "
-                         f"`{_short(res.get('error', ''))}` | - |")
+            lines.append(
+                f"| {row['model']} | {fmt_params(row['params'])} | {row['path']} | FAILED | - | - | {mem_s} | "
+                f"`{_short(res.get('error', ''))}` | - |"
+            )
             continue
         sps = res["samples_per_s"]
         base_sps = plain.get(row["model_id"])
@@ -992,16 +1191,24 @@ def render_report(device_line, ver, base, table, results, patched, seconds, args
             extra.append(f"export FAILED `{_short(res['export_error'])}`")
         if "kl_l" in (res.get("parts_last") or {}):
             p = res["parts_last"]
-            extra.append(f"last step ce_l {p['ce_l']:.3f}, kl_l {p['kl_l']:.3f}, ce_c {p.get('ce_c', float('nan')):.3f}, kl_c {p.get('kl_c', float('nan')):.3f}")
-        lines.append(f"| {row['model']} | {fmt_params(row['params'])} | {row['path']} | {sps:.1f} | {ratio} | "
-                     f"{res['step_s']:.3f} ({res.get('collate_step_s', float('nan')):.3f}) | "
-                     f"{res['peak_alloc_gb']:.1f} / {res['peak_reserved_gb']:.1f} | {fmt_loss(res)} | {'; '.join(extra) or '-'} |")
+            extra.append(
+                f"last step ce_l {p['ce_l']:.3f}, kl_l {p['kl_l']:.3f}, ce_c {p.get('ce_c', float('nan')):.3f}, kl_c {p.get('kl_c', float('nan')):.3f}"
+            )
+        lines.append(
+            f"| {row['model']} | {fmt_params(row['params'])} | {row['path']} | {sps:.1f} | {ratio} | "
+            f"{res['step_s']:.3f} ({res.get('collate_step_s', float('nan')):.3f}) | "
+            f"{res['peak_alloc_gb']:.1f} / {res['peak_reserved_gb']:.1f} | {fmt_loss(res)} | {'; '.join(extra) or '-'} |"
+        )
 
     for tag in ("stock", "patched"):
         res = results.get(f"qwen-{tag}")
         if not res:
             continue
-        lines += ["", f"### Qwen2.5-VL (tiny, {results['build-qwen'].get('params', 0) / 1e6:.1f}M params), {tag} code", ""]
+        lines += [
+            "",
+            f"### Qwen2.5-VL (tiny, {results['build-qwen'].get('params', 0) / 1e6:.1f}M params), {tag} code",
+            "",
+        ]
         if not res.get("ok"):
             lines.append(f"job failed: `{_short(res.get('error', ''))}`")
             continue
@@ -1015,13 +1222,29 @@ def render_report(device_line, ver, base, table, results, patched, seconds, args
     for row in table:
         prof = row["res"].get("profile")
         if prof:
-            lines += ["", f"### Profile: {row['model']}, {row['path']} ({prof['steps']} steps)", "",
-                      f"wall {prof['wall_s']:.3f}s, GPU kernels busy {prof['gpu_kernel_s']:.3f}s "
-                      f"({100 * prof['gpu_kernel_s'] / prof['wall_s']:.0f}% of wall)", "", "```", prof["top_gpu"].strip(), "```",
-                      "", "```", prof["top_cpu"].strip(), "```"]
+            lines += [
+                "",
+                f"### Profile: {row['model']}, {row['path']} ({prof['steps']} steps)",
+                "",
+                f"wall {prof['wall_s']:.3f}s, GPU kernels busy {prof['gpu_kernel_s']:.3f}s "
+                f"({100 * prof['gpu_kernel_s'] / prof['wall_s']:.0f}% of wall)",
+                "",
+                "```",
+                prof["top_gpu"].strip(),
+                "```",
+                "",
+                "```",
+                prof["top_cpu"].strip(),
+                "```",
+            ]
     failures = [(k, r) for k, r in results.items() if not r.get("ok")]
-    failures += [(f"{k}/{n}", c) for k, r in results.items() if r.get("ok") and "checks" in r
-                 for n, c in r["checks"].items() if not c["ok"]]
+    failures += [
+        (f"{k}/{n}", c)
+        for k, r in results.items()
+        if r.get("ok") and "checks" in r
+        for n, c in r["checks"].items()
+        if not c["ok"]
+    ]
     failures += [(f"{k} (dev eval)", {"error": r["dev_error"]}) for k, r in results.items() if r.get("dev_error")]
     failures += [(f"{k} (export)", {"error": r["export_error"]}) for k, r in results.items() if r.get("export_error")]
     if failures:

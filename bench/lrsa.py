@@ -58,16 +58,28 @@ def write_data(root: str, task: str, rows: int) -> str:
 
 
 def job(root, models, task, lrsa=None, **train) -> config.JobConfig:
-    return config.validate({
-        "stage": "train", "storage": {"root": root}, "ray": {"num_cpus": 4},  # logical: Ray Data's file listing needs a CPU beside the worker
-        "tracking": {"enabled": True, "experiment": "bench-lrsa", "run_name": train.pop("name", "lrsa")},
-        "data": {"format": "canonical", "input": f"data/{task}"},
-        "model": {"path": models["encoder"], "kind": "encoder"},
-        "lrsa": {"vision_model": models["vision"], **(lrsa or {})},
-        "train": {"family": "lrsa", "output": f"out/{train.pop('output', 'x')}", "lr": 3e-3,
-                  "param_groups": {"encoders": {"lr": 1.5e-3}}, "batch_size": 16, "eval_batch_size": 64,
-                  "scheduler": "constant", "keep_checkpoints": 1, **train},
-    })
+    return config.validate(
+        {
+            "stage": "train",
+            "storage": {"root": root},
+            "ray": {"num_cpus": 4},  # logical: Ray Data's file listing needs a CPU beside the worker
+            "tracking": {"enabled": True, "experiment": "bench-lrsa", "run_name": train.pop("name", "lrsa")},
+            "data": {"format": "canonical", "input": f"data/{task}"},
+            "model": {"path": models["encoder"], "kind": "encoder"},
+            "lrsa": {"vision_model": models["vision"], **(lrsa or {})},
+            "train": {
+                "family": "lrsa",
+                "output": f"out/{train.pop('output', 'x')}",
+                "lr": 3e-3,
+                "param_groups": {"encoders": {"lr": 1.5e-3}},
+                "batch_size": 16,
+                "eval_batch_size": 64,
+                "scheduler": "constant",
+                "keep_checkpoints": 1,
+                **train,
+            },
+        }
+    )
 
 
 # --------------------------------------------------------------------------- the plain loop
@@ -80,7 +92,9 @@ def plain_steps(cfg: config.JobConfig, steps: int, threads: int) -> float:
     rows = schema.read_rows(family.data_uri(), "train", list(family.columns))
     model = family.build_model().train()
     groups = family.param_groups(model)
-    opt = torch.optim.AdamW([{"params": groups["encoders"], "lr": 1.5e-3}, {"params": groups["new"], "lr": cfg.train.lr}])
+    opt = torch.optim.AdamW(
+        [{"params": groups["encoders"], "lr": 1.5e-3}, {"params": groups["new"], "lr": cfg.train.lr}]
+    )
     batch = cfg.train.batch_size
     start = time.perf_counter()
     for step in range(steps):
@@ -98,35 +112,44 @@ def train_and_test(cfg: config.JobConfig, epochs: int, seed: int) -> dict[str, f
     torch.manual_seed(seed)
     family = families.create(cfg)
     cols = list(family.columns) + ["meta"]
-    train = [e for e in (family.transform(r) for r in schema.read_rows(family.data_uri(), "train", cols)) if "skip" not in e]
+    train = [
+        e for e in (family.transform(r) for r in schema.read_rows(family.data_uri(), "train", cols)) if "skip" not in e
+    ]
     dev, test = (schema.read_rows(family.data_uri(), s, cols) for s in ("dev", "test"))
     model = family.build_model()
     groups = family.param_groups(model)
-    opt = torch.optim.AdamW([{"params": groups["encoders"], "lr": 1.5e-3}, {"params": groups["new"], "lr": cfg.train.lr}])
+    opt = torch.optim.AdamW(
+        [{"params": groups["encoders"], "lr": 1.5e-3}, {"params": groups["new"], "lr": cfg.train.lr}]
+    )
     best_key, best = None, {}
     for epoch in range(epochs):
         model.train()
         random.Random(seed * 100 + epoch).shuffle(train)
         for i in range(0, len(train), cfg.train.batch_size):
-            loss, _ = family.loss(model, family.collate(train[i:i + cfg.train.batch_size]))
+            loss, _ = family.loss(model, family.collate(train[i : i + cfg.train.batch_size]))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             opt.zero_grad()
         predictor = family.predictor(model)
-        key = family.selection().key({f"dev_{k}": v for k, v in predictor.metrics(dev, _predict(predictor, dev)).items()})
+        key = family.selection().key(
+            {f"dev_{k}": v for k, v in predictor.metrics(dev, _predict(predictor, dev)).items()}
+        )
         if best_key is None or key > best_key:
             preds = _predict(predictor, test)
             best_key, best = key, dict(predictor.metrics(test, preds), epoch=epoch + 1)
             if family.task == "masc":  # the aspects whose polarity only the picture gives
-                implicit = [(r, p) for r, p in zip(test, preds)
-                            if json.loads(r["meta"])["aspects"][json.loads(r["meta"])["target"]]["implicit"]]
+                implicit = [
+                    (r, p)
+                    for r, p in zip(test, preds)
+                    if json.loads(r["meta"])["aspects"][json.loads(r["meta"])["target"]]["implicit"]
+                ]
                 best["implicit_acc"] = sum(p["label"] == r["label"] for r, p in implicit) / max(1, len(implicit))
     return best
 
 
 def _predict(predictor, rows):
-    return [p for i in range(0, len(rows), 64) for p in predictor.predict(rows[i:i + 64])]
+    return [p for i in range(0, len(rows), 64) for p in predictor.predict(rows[i : i + 64])]
 
 
 # --------------------------------------------------------------------------- the two tables
@@ -151,17 +174,38 @@ def throughput(root: str, models: dict[str, str], steps: int) -> None:
     for zero, stream in ((0, True), (2, True), (0, False)):
         name = f"ray-z{zero}-{'stream' if stream else 'memory'}"
         start = time.perf_counter()
-        stages.run_stage(job(root, models, "mabsa", name=name, output=name, epochs=1000, max_steps=steps,
-                             log_every=max(1, steps // 6), zero_stage=zero, num_workers=1, stream=stream))
+        stages.run_stage(
+            job(
+                root,
+                models,
+                "mabsa",
+                name=name,
+                output=name,
+                epochs=1000,
+                max_steps=steps,
+                log_every=max(1, steps // 6),
+                zero_stage=zero,
+                num_workers=1,
+                stream=stream,
+            )
+        )
         wall = time.perf_counter() - start
         client = mlflow.MlflowClient()
-        run = client.search_runs([client.get_experiment_by_name("bench-lrsa").experiment_id],
-                                 filter_string=f"attributes.run_name = '{name}'")[0]
-        rows.append((f"Ray Train + DeepSpeed ZeRO-{zero}, 1 worker, rows {'streamed (Ray Data)' if stream else 'in memory'}",
-                     _steady_rate(run.info.run_id, 16), wall))
+        run = client.search_runs(
+            [client.get_experiment_by_name("bench-lrsa").experiment_id], filter_string=f"attributes.run_name = '{name}'"
+        )[0]
+        rows.append(
+            (
+                f"Ray Train + DeepSpeed ZeRO-{zero}, 1 worker, rows {'streamed (Ray Data)' if stream else 'in memory'}",
+                _steady_rate(run.info.run_id, 16),
+                wall,
+            )
+        )
     base = rows[0][1]
-    print(f"\nTraining throughput, {steps} steps of batch 16 (mabsa, tiny BERT + tiny CLIP + dual cross-attention); "
-          "Ray rows: steady rate between the first and last step reports\n")
+    print(
+        f"\nTraining throughput, {steps} steps of batch 16 (mabsa, tiny BERT + tiny CLIP + dual cross-attention); "
+        "Ray rows: steady rate between the first and last step reports\n"
+    )
     print("| path | samples/s | vs plain (1 thread) | wall s incl. Ray start-up |")
     print("| --- | --- | --- | --- |")
     for name, sps, wall in rows:
@@ -178,8 +222,12 @@ def ablation_table(root: str, models: dict[str, str], epochs: int, seeds: int) -
             for seed in range(seeds):
                 m = train_and_test(job(root, models, task, overrides), epochs, seed)
                 results[task].append({"variant": name, "seed": seed, **m})
-                print(f"  {task:5s} {name:40s} seed {seed}: " + ", ".join(f"{k} {m[k]:.3f}" for k in metrics[task]) +
-                      f" (best dev epoch {m['epoch']}; {time.perf_counter() - start:.0f}s so far)", flush=True)
+                print(
+                    f"  {task:5s} {name:40s} seed {seed}: "
+                    + ", ".join(f"{k} {m[k]:.3f}" for k in metrics[task])
+                    + f" (best dev epoch {m['epoch']}; {time.perf_counter() - start:.0f}s so far)",
+                    flush=True,
+                )
     tracking.setup(config.TrackingConfig(experiment="bench-lrsa"))
     import mlflow
 
@@ -203,8 +251,10 @@ def main() -> None:
     args = parser.parse_args()
     root = tempfile.mkdtemp(prefix="bench-lrsa-")
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
-    models = {"encoder": build_tiny_encoder(os.path.join(root, "encoder")),
-              "vision": build_tiny_vision(os.path.join(root, "vision"))}
+    models = {
+        "encoder": build_tiny_encoder(os.path.join(root, "encoder")),
+        "vision": build_tiny_vision(os.path.join(root, "vision")),
+    }
     for task in ("mabsa", "masc"):
         write_data(root, task, args.rows)
     if not args.skip_throughput:

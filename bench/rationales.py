@@ -34,9 +34,13 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 def _job(root: str, input_uri: str, output: str, teacher: dict):
     from sentiray import config
 
-    raw = {"stage": "rationales", "storage": {"root": root}, "tracking": {"enabled": False},
-           "data": {"format": "canonical", "input": input_uri, "output": output, "overwrite": True},
-           "teacher": {"splits": ["train"], "rationalize_splits": [], **teacher}}
+    raw = {
+        "stage": "rationales",
+        "storage": {"root": root},
+        "tracking": {"enabled": False},
+        "data": {"format": "canonical", "input": input_uri, "output": output, "overwrite": True},
+        "teacher": {"splits": ["train"], "rationalize_splits": [], **teacher},
+    }
     return config.validate(raw, "bench")
 
 
@@ -52,12 +56,20 @@ def _quiet(fn, *args, **kw):
 def bench_hf(root: str, data: str, vlm: str, batch: int, tokens: int, workers: list[int], repeat: int) -> list[tuple]:
     """Best of ``repeat`` runs of each: on a shared machine the other load comes and goes."""
     import torch
+
     from sentiray.data import schema
     from sentiray.teacher import pipeline
     from sentiray.teacher.backends import HFBackend
 
-    teacher = {"backend": "hf", "model": {"path": vlm}, "temperature": 1.0, "max_new_tokens": tokens,
-               "batch_size": batch, "num_cpus": 1, "shard_rows": 128}
+    teacher = {
+        "backend": "hf",
+        "model": {"path": vlm},
+        "temperature": 1.0,
+        "max_new_tokens": tokens,
+        "batch_size": batch,
+        "num_cpus": 1,
+        "shard_rows": 128,
+    }
     work = schema.read_table(data, "train").select(list(pipeline.WORK_COLUMNS)).to_pylist()
     plan = pipeline.Plan(teacher="bench")
 
@@ -98,17 +110,15 @@ def bench_hf(root: str, data: str, vlm: str, batch: int, tokens: int, workers: l
 
 
 def bench_openai(root: str, data: str, vlm: str, delay: float, concurrencies: list[int]) -> list[tuple]:
-    from sentiray.data import schema
     from sentiray import prompts
+    from sentiray.data import schema
     from sentiray.teacher import pipeline
     from sentiray.teacher.backends import OpenAIBackend, Request
-
     from tests.conftest import free_port
     from tests.teacher.openai_server import ServerProcess
 
     results = []
-    reqs = [Request(r["id"], prompts.render("chain", r), r["image"])
-            for r in schema.read_rows(data, "train")]
+    reqs = [Request(r["id"], prompts.render("chain", r), r["image"]) for r in schema.read_rows(data, "train")]
     with ServerProcess(vlm, free_port(), delay_s=delay, max_tokens_cap=4) as server:
         # the latency one request sees (sequential), and the server's own generation time
         client = OpenAIBackend(server.url, "tiny", max_new_tokens=4, temperature=1.0, concurrency=1)
@@ -124,15 +134,41 @@ def bench_openai(root: str, data: str, vlm: str, delay: float, concurrencies: li
             out = client.answer(reqs)
             rate = len(out) / (time.perf_counter() - start)
             assert all(a.error is None for a in out)
-            results.append((f"client alone, concurrency {c}", c, latency, ideal, rate, rate / ideal,
-                            server.health()["max_in_flight"]))
-            teacher = {"backend": "openai", "endpoint": server.url, "endpoint_model": "tiny", "temperature": 1.0,
-                       "max_new_tokens": 4, "concurrency": c, "batch_size": 2 * c, "shard_rows": 128}
+            results.append(
+                (
+                    f"client alone, concurrency {c}",
+                    c,
+                    latency,
+                    ideal,
+                    rate,
+                    rate / ideal,
+                    server.health()["max_in_flight"],
+                )
+            )
+            teacher = {
+                "backend": "openai",
+                "endpoint": server.url,
+                "endpoint_model": "tiny",
+                "temperature": 1.0,
+                "max_new_tokens": 4,
+                "concurrency": c,
+                "batch_size": 2 * c,
+                "shard_rows": 128,
+            }
             server.control(max_in_flight=0)
             summary = _quiet(pipeline.run, _job(root, data, f"out-openai-{c}", teacher))
             rate = summary["metrics"]["rows_per_s_steady"]  # one request per row here (pass 1 only)
-            results.append((f"stage (Ray Data), concurrency {c}", c, latency, ideal, rate, rate / ideal,
-                            server.health()["max_in_flight"]))
+            results.append(
+                (
+                    f"stage (Ray Data), concurrency {c}",
+                    c,
+                    latency,
+                    ideal,
+                    rate,
+                    rate / ideal,
+                    server.health()["max_in_flight"],
+                )
+            )
     return results
 
 
@@ -151,6 +187,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
 
     import ray
+
     from sentiray.data import schema, synthetic
     from sentiray.models.tiny import build_tiny_models
 
@@ -165,23 +202,33 @@ def main(argv=None) -> None:
 
     if not args.skip_hf:
         rows = bench_hf(root, data, vlm, args.batch_size, args.max_new_tokens, args.workers, args.repeat)
-        print(f"hf backend: batch {args.batch_size}, {args.max_new_tokens} new tokens, 1 CPU (1 torch thread) per "
-              f"worker, best of {args.repeat}")
+        print(
+            f"hf backend: batch {args.batch_size}, {args.max_new_tokens} new tokens, 1 CPU (1 torch thread) per "
+            f"worker, best of {args.repeat}"
+        )
         print(f"{'pipeline':<26} {'workers':>7} {'rows/s all':>10} {'rows/s steady':>13} {'steady vs plain':>15}")
         for name, n, rate, steady, ratio in rows:
             print(f"{name:<26} {n:>7} {rate:>10.2f} {steady:>13.2f} {ratio:>15.2f}")
-        print("(all: from the start, loading the model and starting the actors included; steady: from the first "
-              "answers on)\n")
+        print(
+            "(all: from the start, loading the model and starting the actors included; steady: from the first "
+            "answers on)\n"
+        )
     if not args.skip_openai:
         rows = bench_openai(root, openai_data, vlm, args.delay_s, args.concurrency)
-        print(f"openai backend: {args.openai_rows} requests, loopback server, {args.delay_s}s simulated latency, "
-              "one generation at a time")
-        print(f"{'what':<34} {'conc.':>5} {'latency s':>9} {'ideal req/s':>11} {'req/s':>8} {'of ideal':>8} "
-              f"{'max in flight':>13}")
+        print(
+            f"openai backend: {args.openai_rows} requests, loopback server, {args.delay_s}s simulated latency, "
+            "one generation at a time"
+        )
+        print(
+            f"{'what':<34} {'conc.':>5} {'latency s':>9} {'ideal req/s':>11} {'req/s':>8} {'of ideal':>8} "
+            f"{'max in flight':>13}"
+        )
         for name, c, latency, ideal, rate, ratio, peak in rows:
             print(f"{name:<34} {c:>5} {latency:>9.3f} {ideal:>11.2f} {rate:>8.2f} {ratio:>8.2f} {peak:>13}")
-        print("(ideal = concurrency / latency at concurrency 1; stage: from its first answers on. The server "
-              "generates one request at a time, which caps high concurrencies)")
+        print(
+            "(ideal = concurrency / latency at concurrency 1; stage: from its first answers on. The server "
+            "generates one request at a time, which caps high concurrencies)"
+        )
     ray.shutdown()
 
 

@@ -40,6 +40,7 @@ class BareModel:
 
     def __init__(self, model_path: str, post: dict, chain_tokens: int):
         import torch
+
         from sentiray import families
 
         torch.set_num_threads(1)
@@ -60,8 +61,13 @@ class BareModel:
             latencies += [(time.perf_counter() - t) * 1000] * len(rows)
             done += len(rows)
         elapsed = time.perf_counter() - start
-        return {"rps": done / elapsed, "p50": np.percentile(latencies, 50), "p95": np.percentile(latencies, 95),
-                "p99": np.percentile(latencies, 99), "errors": {}}
+        return {
+            "rps": done / elapsed,
+            "p50": np.percentile(latencies, 50),
+            "p95": np.percentile(latencies, 95),
+            "p99": np.percentile(latencies, 99),
+            "errors": {},
+        }
 
 
 def served(url: str, payload: dict, concurrency: int, duration_s: float) -> dict:
@@ -69,19 +75,31 @@ def served(url: str, payload: dict, concurrency: int, duration_s: float) -> dict
 
     run_load(url, payload, concurrency=concurrency, duration_s=1.0)  # warm up connections and the batcher
     r = run_load(url, payload, concurrency=concurrency, duration_s=duration_s)
-    return {"rps": r.rps, "p50": r.percentile(50), "p95": r.percentile(95), "p99": r.percentile(99),
-            "errors": r.as_dict()["errors"]}
+    return {
+        "rps": r.rps,
+        "p50": r.percentile(50),
+        "p95": r.percentile(95),
+        "p99": r.percentile(99),
+        "errors": r.as_dict()["errors"],
+    }
 
 
 def measure(model_path: str, post: dict, payload: dict, args: argparse.Namespace) -> list[tuple[str, int, dict]]:
     """Every cell: per concurrency, batched Serve, unbatched Serve, then the bare model."""
     import ray
     from ray import serve
+
     from sentiray.serving.app import build_app, start_serve, wait_running
 
     top = max(args.concurrency)
-    common = {"model": model_path, "min_replicas": 1, "max_replicas": 1, "num_cpus": 1,
-              "max_ongoing_requests": max(top, args.max_batch_size), "max_queued_requests": -1}
+    common = {
+        "model": model_path,
+        "min_replicas": 1,
+        "max_replicas": 1,
+        "num_cpus": 1,
+        "max_ongoing_requests": max(top, args.max_batch_size),
+        "max_queued_requests": -1,
+    }
     modes = {
         "serve batched": {**common, "max_batch_size": args.max_batch_size, "batch_wait_timeout_s": 0.005},
         "serve unbatched": {**common, "max_batch_size": 1, "batch_wait_timeout_s": 0.0},
@@ -102,7 +120,9 @@ def measure(model_path: str, post: dict, payload: dict, args: argparse.Namespace
                 cells.append((name, c, served(url, payload, c, args.duration)))
             cells.append(("bare model", c, bare.run(c, args.max_batch_size, args.duration)))
             for name, _, m in cells[-3:]:
-                print(f"  {name:<16} c={c:<3} {m['rps']:8.1f} req/s  (load {load_average()})", file=sys.stderr, flush=True)
+                print(
+                    f"  {name:<16} c={c:<3} {m['rps']:8.1f} req/s  (load {load_average()})", file=sys.stderr, flush=True
+                )
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -139,18 +159,24 @@ def main() -> int:
     rows = measure(model_path, post, payload, args)
 
     what = f"label scoring + {args.chain_tokens}-token chain" if args.chain_tokens else "label scoring (text + image)"
-    print(f"\nserving benchmark: {what}, max_batch_size {args.max_batch_size}, {args.duration:.0f} s per cell, "
-          f"{os.cpu_count()} CPU cores")
+    print(
+        f"\nserving benchmark: {what}, max_batch_size {args.max_batch_size}, {args.duration:.0f} s per cell, "
+        f"{os.cpu_count()} CPU cores"
+    )
     print(f"machine load (1-minute average): {load_before} before, {load_average()} after")
     print(f"{'mode':<16} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}  errors")
     for name, c, m in rows:
-        print(f"{name:<16} {c:>4} {m['rps']:>8.1f} {m['p50']:>8.1f} {m['p95']:>8.1f} {m['p99']:>8.1f}  {m['errors'] or '-'}")
+        print(
+            f"{name:<16} {c:>4} {m['rps']:>8.1f} {m['p50']:>8.1f} {m['p95']:>8.1f} {m['p99']:>8.1f}  {m['errors'] or '-'}"
+        )
     by = {(n, c): m["rps"] for n, c, m in rows}
     print("\nthroughput ratios")
     for c in args.concurrency:
         bare = by[("bare model", c)]
-        print(f"  c={c:<3} batched/bare {by[('serve batched', c)] / bare:.2f}  unbatched/bare {by[('serve unbatched', c)] / bare:.2f}"
-              f"  batched/unbatched {by[('serve batched', c)] / by[('serve unbatched', c)]:.2f}")
+        print(
+            f"  c={c:<3} batched/bare {by[('serve batched', c)] / bare:.2f}  unbatched/bare {by[('serve unbatched', c)] / bare:.2f}"
+            f"  batched/unbatched {by[('serve batched', c)] / by[('serve unbatched', c)]:.2f}"
+        )
     return 0
 
 

@@ -26,10 +26,13 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "platform"))
 
-from sentiray import config, stages  # noqa: E402
-from sentiray.data.prepare import run as prepare  # noqa: E402
-from sentiray import families  # noqa: E402
+from sentiray import (  # noqa: E402
+    config,
+    families,  # noqa: E402
+    stages,
+)
 from sentiray.data import schema  # noqa: E402
+from sentiray.data.prepare import run as prepare  # noqa: E402
 
 
 def build_model(root: str, hidden: int, layers: int) -> str:
@@ -57,16 +60,30 @@ def build_model(root: str, hidden: int, layers: int) -> str:
 
 
 def job(root: str, model: str, steps: int, batch: int, workers: int, zero: int, name: str) -> config.JobConfig:
-    return config.validate({
-        "stage": "train", "name": name, "storage": {"root": root}, "ray": {"num_cpus": 2},
-        "tracking": {"enabled": True, "experiment": "bench-train", "run_name": name},
-        "data": {"format": "canonical", "input": "data"},
-        "model": {"path": model, "kind": "vlm"},
-        "mulcot": {"role": "assistant", "chain_column": "gold_chain"},
-        "train": {"output": f"out/{name}", "epochs": 1000,
-                  "max_steps": steps, "batch_size": batch, "num_workers": workers, "zero_stage": zero,
-                  "log_every": steps, "lr": 1e-3, "scheduler": "constant", "keep_checkpoints": 1},
-    })
+    return config.validate(
+        {
+            "stage": "train",
+            "name": name,
+            "storage": {"root": root},
+            "ray": {"num_cpus": 2},
+            "tracking": {"enabled": True, "experiment": "bench-train", "run_name": name},
+            "data": {"format": "canonical", "input": "data"},
+            "model": {"path": model, "kind": "vlm"},
+            "mulcot": {"role": "assistant", "chain_column": "gold_chain"},
+            "train": {
+                "output": f"out/{name}",
+                "epochs": 1000,
+                "max_steps": steps,
+                "batch_size": batch,
+                "num_workers": workers,
+                "zero_stage": zero,
+                "log_every": steps,
+                "lr": 1e-3,
+                "scheduler": "constant",
+                "keep_checkpoints": 1,
+            },
+        }
+    )
 
 
 def plain_loop(cfg: config.JobConfig, steps: int, threads: int) -> tuple[float, float]:
@@ -100,10 +117,19 @@ def main() -> None:
     args = parser.parse_args()
     root = tempfile.mkdtemp(prefix="bench-train-")
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
-    prepare(config.validate({"stage": "data", "storage": {"root": root},
-                             "data": {"format": "synthetic", "task": "msc", "size": 400, "output": "data"}}))
+    prepare(
+        config.validate(
+            {
+                "stage": "data",
+                "storage": {"root": root},
+                "data": {"format": "synthetic", "task": "msc", "size": 400, "output": "data"},
+            }
+        )
+    )
     model, n_params = build_model(root, args.hidden, args.layers)
-    print(f"model: {n_params / 1e6:.1f}M parameters; {args.steps} optimizer steps of batch {args.batch_size} per worker\n")
+    print(
+        f"model: {n_params / 1e6:.1f}M parameters; {args.steps} optimizer steps of batch {args.batch_size} per worker\n"
+    )
 
     rows = []
     # The baseline gets what one Ray Train worker gets (cpus_per_worker=1, so one thread); the

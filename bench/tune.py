@@ -33,22 +33,39 @@ from sentiray.data.prepare import run as prepare  # noqa: E402
 
 
 def sweep(root: str, model: str, scheduler: str, args: argparse.Namespace) -> config.JobConfig:
-    return config.validate({
-        "stage": "tune", "name": f"bench-{scheduler}", "storage": {"root": root}, "ray": {"num_cpus": args.cpus},
-        "tracking": {"experiment": "bench-tune"},
-        "data": {"format": "canonical", "input": "data"},
-        "model": {"path": model, "kind": "vlm"},
-        "mulcot": {"role": "assistant", "chain_column": "gold_chain", "max_length": 256},
-        "train": {"output": "unused", "epochs": args.max_t,
-                  "batch_size": 8, "zero_stage": 0, "num_workers": 1, "keep_checkpoints": 1,
-                  "log_every": 5},
-        "tune": {
-            "searcher": "random", "seed": args.seed, "num_samples": args.trials, "scheduler": scheduler,
-            "grace_period": 1, "reduction_factor": 2, "metric": args.metric, "mode": args.mode,
-            "output": f"tune/{scheduler}",
-            "search_space": {"train.lr": {"loguniform": [1e-5, 3e-2]}, "mulcot.w_chain": {"uniform": [0.5, 1.5]}},
-        },
-    })
+    return config.validate(
+        {
+            "stage": "tune",
+            "name": f"bench-{scheduler}",
+            "storage": {"root": root},
+            "ray": {"num_cpus": args.cpus},
+            "tracking": {"experiment": "bench-tune"},
+            "data": {"format": "canonical", "input": "data"},
+            "model": {"path": model, "kind": "vlm"},
+            "mulcot": {"role": "assistant", "chain_column": "gold_chain", "max_length": 256},
+            "train": {
+                "output": "unused",
+                "epochs": args.max_t,
+                "batch_size": 8,
+                "zero_stage": 0,
+                "num_workers": 1,
+                "keep_checkpoints": 1,
+                "log_every": 5,
+            },
+            "tune": {
+                "searcher": "random",
+                "seed": args.seed,
+                "num_samples": args.trials,
+                "scheduler": scheduler,
+                "grace_period": 1,
+                "reduction_factor": 2,
+                "metric": args.metric,
+                "mode": args.mode,
+                "output": f"tune/{scheduler}",
+                "search_space": {"train.lr": {"loguniform": [1e-5, 3e-2]}, "mulcot.w_chain": {"uniform": [0.5, 1.5]}},
+            },
+        }
+    )
 
 
 def main() -> None:
@@ -68,8 +85,16 @@ def main() -> None:
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
     from sentiray.models.tiny import build_tiny_vlm
 
-    prepare(config.validate({"stage": "data", "storage": {"root": root}, "tracking": {"enabled": False},
-                             "data": {"format": "synthetic", "task": "msc", "size": args.size, "output": "data"}}))
+    prepare(
+        config.validate(
+            {
+                "stage": "data",
+                "storage": {"root": root},
+                "tracking": {"enabled": False},
+                "data": {"format": "synthetic", "task": "msc", "size": args.size, "output": "data"},
+            }
+        )
+    )
     model = build_tiny_vlm(os.path.join(root, "vlm"))
 
     results = {}
@@ -81,23 +106,32 @@ def main() -> None:
     def hp(row) -> str:
         return ", ".join(f"{k.split('.')[-1]}={v:.3g}" for k, v in row["hp"].items())
 
-    print(f"\n{args.trials} trials (random search, seed {args.seed}), up to {args.max_t} epochs each, "
-          f"metric {args.metric} ({args.mode}); workdir {root}\n")
-    head = f"{'scheduler':<10} {'to the end':>10} {'stopped':>8} {'trial-epochs':>13} {'wall s':>7} " \
-           f"{'best ' + args.metric:>18}  best trial"
+    print(
+        f"\n{args.trials} trials (random search, seed {args.seed}), up to {args.max_t} epochs each, "
+        f"metric {args.metric} ({args.mode}); workdir {root}\n"
+    )
+    head = (
+        f"{'scheduler':<10} {'to the end':>10} {'stopped':>8} {'trial-epochs':>13} {'wall s':>7} "
+        f"{'best ' + args.metric:>18}  best trial"
+    )
     print(head)
     print("-" * len(head))
     for scheduler, (s, seconds) in results.items():
         best = s["table"][0]
-        print(f"{scheduler:<10} {s['completed']:>10} {s['early_stopped']:>8} {s['trial_epochs']:>13} {seconds:>7.0f} "
-              f"{s['best']:>18.4f}  {hp(best)}")
+        print(
+            f"{scheduler:<10} {s['completed']:>10} {s['early_stopped']:>8} {s['trial_epochs']:>13} {seconds:>7.0f} "
+            f"{s['best']:>18.4f}  {hp(best)}"
+        )
     fifo, asha = results["fifo"][0], results["asha"][0]
     saved = 1 - asha["trial_epochs"] / fifo["trial_epochs"]
-    same = {k: round(v, 12) for k, v in fifo["table"][0]["hp"].items()} == \
-        {k: round(v, 12) for k, v in asha["table"][0]["hp"].items()}
-    print(f"\nASHA spent {saved:.0%} fewer trial-epochs; its best is "
-          f"{'the same trial' if same else 'a different trial'} as the full run's "
-          f"({args.metric} {asha['best']:.4f} vs {fifo['best']:.4f}).")
+    same = {k: round(v, 12) for k, v in fifo["table"][0]["hp"].items()} == {
+        k: round(v, 12) for k, v in asha["table"][0]["hp"].items()
+    }
+    print(
+        f"\nASHA spent {saved:.0%} fewer trial-epochs; its best is "
+        f"{'the same trial' if same else 'a different trial'} as the full run's "
+        f"({args.metric} {asha['best']:.4f} vs {fifo['best']:.4f})."
+    )
 
 
 if __name__ == "__main__":

@@ -20,12 +20,18 @@ def local_store(tmp_path, monkeypatch):
 
 def test_data_prepare_stats_and_rerun(tmp_path, capsys):
     out = tmp_path / "ds"
-    assert cli.main(["data", "prepare", "--format", "synthetic", "--task", "msa", "--size", "50", "--output", str(out)]) == 0
+    assert (
+        cli.main(["data", "prepare", "--format", "synthetic", "--task", "msa", "--size", "50", "--output", str(out)])
+        == 0
+    )
     manifest = schema.read_manifest(str(out))
     assert manifest["task"] == "msa" and sum(manifest["counts"].values()) == 50
     capsys.readouterr()
     # a rerun finds the complete output and skips it
-    assert cli.main(["data", "prepare", "--format", "synthetic", "--task", "msa", "--size", "50", "--output", str(out)]) == 0
+    assert (
+        cli.main(["data", "prepare", "--format", "synthetic", "--task", "msa", "--size", "50", "--output", str(out)])
+        == 0
+    )
     assert "skipped" in capsys.readouterr().out
     assert cli.main(["data", "stats", str(out), "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
@@ -57,7 +63,10 @@ def test_config_show_prints_resolved(capsys):
         (["run", "jobs/data.yaml", "data.size=-3"], "data.size: Input should be greater than 0"),
         (["run", "jobs/data.yaml", "data.formt=x"], "data.formt: unknown key"),
         (["data", "prepare", "--format", "twitter2015", "--output", "/tmp/x"], "set data.input"),
-        (["data", "prepare", "--format", "twitter2015", "--input", "/nonexistent/tw", "--output", "/tmp/x"], "/nonexistent/tw"),
+        (
+            ["data", "prepare", "--format", "twitter2015", "--input", "/nonexistent/tw", "--output", "/tmp/x"],
+            "/nonexistent/tw",
+        ),
         (["data", "stats", "/nonexistent/ds"], "not a complete sentiray data set"),
     ],
 )
@@ -69,16 +78,28 @@ def test_bad_input_exits_2_with_message(argv, message, capsys, monkeypatch):
 
 
 def test_every_subcommand_has_help():
-    for argv in (["--help"], ["demo", "--help"], ["run", "--help"], ["data", "prepare", "--help"],
-                 ["data", "stats", "--help"], ["config", "show", "--help"], ["models", "tiny", "--help"]):
+    for argv in (
+        ["--help"],
+        ["demo", "--help"],
+        ["run", "--help"],
+        ["data", "prepare", "--help"],
+        ["data", "stats", "--help"],
+        ["config", "show", "--help"],
+        ["models", "tiny", "--help"],
+    ):
         proc = subprocess.run([sys.executable, "-m", "sentiray.cli", *argv], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0 and "usage: sentiray" in proc.stdout, (argv, proc.stderr)
 
 
 def test_bad_config_fails_before_ray_starts(tmp_path):
     """A wrong config is refused in well under the time Ray needs to start."""
-    proc = subprocess.run([sys.executable, "-m", "sentiray.cli", "run", str(REPO / "jobs" / "data.yaml"), "data.size=oops"],
-                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sentiray.cli", "run", str(REPO / "jobs" / "data.yaml"), "data.size=oops"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     assert "data.size: Input should be a valid integer" in proc.stderr
     assert "ray" not in proc.stderr.lower()

@@ -14,7 +14,9 @@ def write(tmp_path, text):
 
 def test_load_with_overrides(tmp_path):
     path = write(tmp_path, "stage: data\ndata:\n  format: synthetic\n  size: 10\n")
-    cfg = config.load(path, ["data.size=42", "data.task=msa", "tracking.experiment=x", "data.split_ratios=[0.5,0.25,0.25]"])
+    cfg = config.load(
+        path, ["data.size=42", "data.task=msa", "tracking.experiment=x", "data.split_ratios=[0.5,0.25,0.25]"]
+    )
     assert cfg.data.size == 42
     assert cfg.data.task == "msa"
     assert cfg.tracking.experiment == "x"
@@ -38,9 +40,9 @@ def test_repo_job_files_validate(monkeypatch):
         if "stages" in config.load_raw(path):
             _, steps = pipeline.load(path)  # every stage of it, inputs wired
             chains = {
-                    "pipeline_lrsa.yaml": ["data", "rationales", "train", "evaluate"],
-                    "pipeline_mse.yaml": ["data", "train", "evaluate"],
-                }
+                "pipeline_lrsa.yaml": ["data", "rationales", "train", "evaluate"],
+                "pipeline_mse.yaml": ["data", "train", "evaluate"],
+            }
             expected = chains.get(path.name, ["data", "rationales", "train", "augment", "train", "evaluate"])
             assert [s.cfg.stage for s in steps] == expected
         else:
@@ -61,7 +63,11 @@ def test_repo_job_files_validate(monkeypatch):
         ("stage: data\nbogus: 1\ndata: {format: synthetic}\n", [], "bogus: unknown key"),
         ("stage: data\ndata: {format: synthetic}\n", ["data.format.x=1"], "data.format is not a section"),
         ("stage: data\ndata: {format: synthetic}\n", ["nonsense"], "not of the form key.sub=value"),
-        ("stage: serve\nserve: {model: m, min_replicas: 3, max_replicas: 1}\n", [], "min_replicas (3) > max_replicas (1)"),
+        (
+            "stage: serve\nserve: {model: m, min_replicas: 3, max_replicas: 1}\n",
+            [],
+            "min_replicas (3) > max_replicas (1)",
+        ),
         ("stage: rationales\ndata: {format: synthetic}\nteacher: {backend: openai}\n", [], "needs teacher.endpoint"),
         ("- a\n- b\n", [], "top level must be a mapping"),
         ("stage: [unclosed\n", [], "not valid YAML"),

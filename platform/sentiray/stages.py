@@ -7,7 +7,8 @@ small summary dict. Modules are imported lazily so that ``sentiray --help`` stay
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from sentiray.config import ConfigError, JobConfig
 
@@ -25,9 +26,7 @@ STAGES: dict[str, str] = {
 
 def stage_function(stage: str) -> Callable[[JobConfig], dict[str, Any]]:
     if stage not in STAGES:
-        raise ConfigError(
-            f"stage {stage!r} is not available in this version of sentiray; available: {sorted(STAGES)}"
-        )
+        raise ConfigError(f"stage {stage!r} is not available in this version of sentiray; available: {sorted(STAGES)}")
     module, func = STAGES[stage].split(":")
     return getattr(importlib.import_module(module), func)
 

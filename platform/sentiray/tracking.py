@@ -123,8 +123,9 @@ def log_figure(fig, artifact_file: str) -> None:
 
 
 @contextlib.contextmanager
-def pipeline_run(name: str, cfg: TrackingConfig | None = None, tags: dict[str, str] | None = None,
-                 run_id: str | None = None) -> Iterator[Any]:
+def pipeline_run(
+    name: str, cfg: TrackingConfig | None = None, tags: dict[str, str] | None = None, run_id: str | None = None
+) -> Iterator[Any]:
     """The parent run of a pipeline; stage runs opened inside nest under it.
 
     ``run_id``: reopen that run (a rerun of the same pipeline) if the store still has it."""

@@ -36,8 +36,14 @@ def ensure_token_file() -> str:
     """~/.ray/auth_token, as a user's machine has it after any local ray.init() (the demo, a
     test): made here if no earlier test made it, so no test depends on the order they run in."""
     if not TOKEN_FILE.is_file() or not TOKEN_FILE.read_text().strip():
-        subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], env=user_env(), check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        subprocess.run(
+            [str(BIN / "ray"), "get-auth-token", "--generate"],
+            env=user_env(),
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )
     return TOKEN_FILE.read_text().strip()
 
 
@@ -66,13 +72,28 @@ def ray_head(num_cpus: int = 2) -> Iterator[tuple[str, dict[str, str]]]:
     temp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray's socket paths have a length limit
     dash = free_port()
     env = head_env()
-    start = [str(BIN / "ray"), "start", "--head", f"--port={free_port()}", f"--dashboard-port={dash}",
-             "--dashboard-host=127.0.0.1", f"--num-cpus={num_cpus}", f"--temp-dir={temp}", "--disable-usage-stats",
-             f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-             f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
-             f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
-             f"--dashboard-agent-grpc-port={free_port()}", "--block"]
-    proc = subprocess.Popen(start, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    start = [
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        f"--port={free_port()}",
+        f"--dashboard-port={dash}",
+        "--dashboard-host=127.0.0.1",
+        f"--num-cpus={num_cpus}",
+        f"--temp-dir={temp}",
+        "--disable-usage-stats",
+        f"--ray-client-server-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--node-manager-port={free_port()}",
+        f"--object-manager-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        "--block",
+    ]
+    proc = subprocess.Popen(
+        start, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     address = f"http://127.0.0.1:{dash}"
     try:
         wait_for_http(f"{address}/api/version", timeout=120, proc=proc, headers=auth_headers())
@@ -82,8 +103,9 @@ def ray_head(num_cpus: int = 2) -> Iterator[tuple[str, dict[str, str]]]:
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def wait_for_http(url: str, timeout: float, proc: subprocess.Popen | None = None,
-                  headers: dict[str, str] | None = None) -> None:
+def wait_for_http(
+    url: str, timeout: float, proc: subprocess.Popen | None = None, headers: dict[str, str] | None = None
+) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc is not None and proc.poll() is not None:

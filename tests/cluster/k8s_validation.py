@@ -137,7 +137,11 @@ def pod_templates(node: Any, path: str = "") -> Iterator[tuple[str, dict[str, An
     """Every pod template (a mapping whose spec has containers) inside a document."""
     if isinstance(node, dict):
         spec = node.get("spec")
-        if isinstance(spec, dict) and isinstance(spec.get("containers"), list) and path.endswith(("template", "Template")):
+        if (
+            isinstance(spec, dict)
+            and isinstance(spec.get("containers"), list)
+            and path.endswith(("template", "Template"))
+        ):
             yield path, node
         for key, value in node.items():
             yield from pod_templates(value, f"{path}.{key}" if path else key)
@@ -162,7 +166,9 @@ def validate_document(doc: dict[str, Any], crd_validators: dict[tuple[str, str],
         return errors + _core_errors(doc, name)
     errors += [f"{name}: {_format_error(e)}" for e in crd_validators[key].iter_errors(doc)]
     # The CRDs leave metadata and the pod templates' metadata as free objects: check them as core objects do.
-    errors += _core_errors({"apiVersion": "v1", "kind": "ConfigMap", "metadata": doc.get("metadata") or {}}, f"{name} metadata")
+    errors += _core_errors(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": doc.get("metadata") or {}}, f"{name} metadata"
+    )
     for path, template in pod_templates(doc.get("spec")):
         wrapped = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}, "template": template}
         errors += _core_errors(wrapped, f"{name} spec.{path}")

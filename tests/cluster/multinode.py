@@ -74,10 +74,17 @@ class MultiNodeCluster:
     # ----------------------------------------------------------------------- starting nodes
 
     def _ports(self) -> list[str]:
-        return [f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
-                f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
-                f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-                f"--object-store-memory={OBJECT_STORE_BYTES}", "--disable-usage-stats", "--block"]
+        return [
+            f"--node-manager-port={free_port()}",
+            f"--object-manager-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--object-store-memory={OBJECT_STORE_BYTES}",
+            "--disable-usage-stats",
+            "--block",
+        ]
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> Node:
         temp = tempfile.mkdtemp(prefix=f"rn{name}", dir="/tmp")  # short: socket paths have a length limit
@@ -94,8 +101,18 @@ class MultiNodeCluster:
         self.env.update(FAST_HEALTH_CHECK)
         port, dash = free_port(), free_port()
         start = time.monotonic()
-        node = self._spawn("head", ["--head", f"--port={port}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
-                                    "--num-cpus=0", f"--ray-client-server-port={free_port()}"], self.env)
+        node = self._spawn(
+            "head",
+            [
+                "--head",
+                f"--port={port}",
+                f"--dashboard-port={dash}",
+                "--dashboard-host=127.0.0.1",
+                "--num-cpus=0",
+                f"--ray-client-server-port={free_port()}",
+            ],
+            self.env,
+        )
         self.gcs_address, self.address = f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}"
         wait_for_http(f"{self.address}/api/version", timeout=120, proc=node.proc, headers=auth_headers())
         self._wait_alive(node, start)
@@ -138,8 +155,11 @@ class MultiNodeCluster:
     def alive_nodes(self) -> list[dict]:
         from ray.util.state.common import ListApiOptions, StateResource
 
-        nodes = self.state().list(StateResource.NODES, options=ListApiOptions(filters=[("state", "=", "ALIVE")]),
-                                  raise_on_missing_output=False)
+        nodes = self.state().list(
+            StateResource.NODES,
+            options=ListApiOptions(filters=[("state", "=", "ALIVE")]),
+            raise_on_missing_output=False,
+        )
         return [n if isinstance(n, dict) else n.__dict__ for n in nodes]
 
     def node_name(self, node_id: str) -> str | None:

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import ray
 import yaml
+
 from sentiray import cli
 from sentiray.cluster import k8s
-
 from tests.cluster import k8s_validation as kv
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,8 +79,12 @@ def test_the_manifests_that_k8s_must_hold_are_there():
     assert ("RayCluster", "sentiray") in kinds
     assert {("Deployment", "mlflow"), ("Service", "mlflow"), ("StatefulSet", "mlflow-postgres")} <= kinds
     assert {("Secret", "sentiray-s3"), ("Secret", "sentiray-endpoint"), ("Secret", "sentiray-mlflow-db")} <= kinds
-    assert {("Deployment", "redis"), ("Service", "redis"), ("PersistentVolumeClaim", "redis-data"),
-            ("Secret", "sentiray-redis")} <= kinds
+    assert {
+        ("Deployment", "redis"),
+        ("Service", "redis"),
+        ("PersistentVolumeClaim", "redis-data"),
+        ("Secret", "sentiray-redis"),
+    } <= kinds
 
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
@@ -98,11 +102,19 @@ def test_validators_reject_what_the_api_server_would(crds, cluster):
 
     head = lambda d: d["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert "'workerGroupSpec' was unexpected" in errors(lambda d: d["spec"].update(workerGroupSpec=[]))
-    assert "replicas: '2' is not of type 'integer'" in errors(lambda d: d["spec"]["workerGroupSpecs"][0].update(replicas="2"))
-    assert "num-cpus: 0 is not of type 'string'" in errors(lambda d: d["spec"]["headGroupSpec"]["rayStartParams"].update({"num-cpus": 0}))
-    assert "limits.memory: '8 GB' does not match" in errors(lambda d: head(d)["resources"]["limits"].update(memory="8 GB"))
+    assert "replicas: '2' is not of type 'integer'" in errors(
+        lambda d: d["spec"]["workerGroupSpecs"][0].update(replicas="2")
+    )
+    assert "num-cpus: 0 is not of type 'string'" in errors(
+        lambda d: d["spec"]["headGroupSpec"]["rayStartParams"].update({"num-cpus": 0})
+    )
+    assert "limits.memory: '8 GB' does not match" in errors(
+        lambda d: head(d)["resources"]["limits"].update(memory="8 GB")
+    )
     assert "'resource' was unexpected" in errors(lambda d: head(d).update(resource={}))
-    assert "same containerPort/protocol" in errors(lambda d: head(d)["ports"].append({"name": "x", "containerPort": 8000}))
+    assert "same containerPort/protocol" in errors(
+        lambda d: head(d)["ports"].append({"name": "x", "containerPort": 8000})
+    )
     assert "'groupName' is a required property" in errors(lambda d: d["spec"]["workerGroupSpecs"][0].pop("groupName"))
     assert "CEL rules" in errors(lambda d: d["spec"].update(managedBy="someone"))
     assert "DNS-1035" in errors(lambda d: d["metadata"].update(name="Sentiray_Cluster"))
@@ -124,8 +136,11 @@ def _ray_cluster_specs() -> dict[str, dict]:
     specs = {}
     for path in MANIFESTS:
         for doc in _docs(path):
-            spec = {"RayCluster": lambda d: d["spec"], "RayJob": lambda d: d["spec"]["rayClusterSpec"],
-                    "RayService": lambda d: d["spec"]["rayClusterConfig"]}.get(doc["kind"])
+            spec = {
+                "RayCluster": lambda d: d["spec"],
+                "RayJob": lambda d: d["spec"]["rayClusterSpec"],
+                "RayService": lambda d: d["spec"]["rayClusterConfig"],
+            }.get(doc["kind"])
             if spec:
                 specs[f"{path.name}:{doc['kind']}"] = (doc, spec(doc))
     return specs
@@ -158,7 +173,10 @@ def test_every_ray_cluster_survives_a_head_restart_through_the_redis_of_k8s():
     assert args[args.index("--appendonly") + 1] == "yes" and args[args.index("--dir") + 1] == "/data"
     (mount,) = container["volumeMounts"]
     (volume,) = deployment["spec"]["template"]["spec"]["volumes"]
-    assert mount["mountPath"] == "/data" and volume["persistentVolumeClaim"]["claimName"] == redis["PersistentVolumeClaim"]["metadata"]["name"]
+    assert (
+        mount["mountPath"] == "/data"
+        and volume["persistentVolumeClaim"]["claimName"] == redis["PersistentVolumeClaim"]["metadata"]["name"]
+    )
     assert deployment["spec"]["strategy"]["type"] == "Recreate"  # never two pods on the ReadWriteOnce volume
 
 
@@ -175,13 +193,23 @@ def test_render_refuses_fault_tolerance_that_kuberay_would(tmp_path, cluster, cr
     head = lambda d: d["spec"]["headGroupSpec"]
     ft = lambda d: d["spec"]["gcsFaultToleranceOptions"]
     assert "annotation and spec.gcsFaultToleranceOptions are both set" in fails(
-        lambda d: d["metadata"].setdefault("annotations", {}).update({k8s.FT_ANNOTATION: "true"}))
-    assert "redis-password in rayStartParams" in fails(lambda d: head(d)["rayStartParams"].update({"redis-password": "x"}))
+        lambda d: d["metadata"].setdefault("annotations", {}).update({k8s.FT_ANNOTATION: "true"})
+    )
+    assert "redis-password in rayStartParams" in fails(
+        lambda d: head(d)["rayStartParams"].update({"redis-password": "x"})
+    )
     assert "REDIS_PASSWORD on the head" in fails(
-        lambda d: head(d)["template"]["spec"]["containers"][0]["env"].append({"name": "REDIS_PASSWORD", "value": "x"}))
+        lambda d: head(d)["template"]["spec"]["containers"][0]["env"].append({"name": "REDIS_PASSWORD", "value": "x"})
+    )
     assert "must name the Redis Service" in fails(lambda d: ft(d).update(redisAddress="127.0.0.1:6379"))
-    assert "RAY_REDIS_ADDRESS on the head" in fails(lambda d: (d["spec"].pop("gcsFaultToleranceOptions"), head(d)[
-        "template"]["spec"]["containers"][0]["env"].append({"name": "RAY_REDIS_ADDRESS", "value": "redis:6379"})))
+    assert "RAY_REDIS_ADDRESS on the head" in fails(
+        lambda d: (
+            d["spec"].pop("gcsFaultToleranceOptions"),
+            head(d)["template"]["spec"]["containers"][0]["env"].append(
+                {"name": "RAY_REDIS_ADDRESS", "value": "redis:6379"}
+            ),
+        )
+    )
     # and the schema itself: a misspelt option is an unknown field
     broken = copy.deepcopy(cluster)
     broken["spec"]["gcsFaultToleranceOptions"]["redisAdress"] = "redis:6379"
@@ -212,7 +240,11 @@ def test_raycluster_runs_the_pinned_ray_and_autoscales_gpus(cluster):
     assert int(gpu_container["resources"]["limits"]["nvidia.com/gpu"]) >= 1
     assert gpu_container["image"].endswith(f"ray{version}-py311-gpu")
     assert "nvidia.com/gpu" not in groups["cpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]
-    images = {c["image"] for g in [spec["headGroupSpec"], *spec["workerGroupSpecs"]] for c in g["template"]["spec"]["containers"]}
+    images = {
+        c["image"]
+        for g in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+        for c in g["template"]["spec"]["containers"]
+    }
     assert all(f"-ray{version}-py311-" in image for image in images), images
     assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
     assert k8s.serve_port(spec) == 8000
@@ -232,8 +264,15 @@ def test_dockerfile_builds_on_the_pinned_ray_and_keeps_configs_in_the_job_workin
     assert f"mlflow=={_pinned('mlflow')}" in text
     # the build context holds what the Dockerfile copies and nothing else
     ignore = (REPO / ".dockerignore").read_text().split()
-    assert ignore[ignore.index("*") + 1:ignore.index("*") + 9] == [
-        "!Dockerfile", "!pyproject.toml", "!README.md", "!constraints.txt", "!platform/", "!jobs/", "!serve/", "!tune/"
+    assert ignore[ignore.index("*") + 1 : ignore.index("*") + 9] == [
+        "!Dockerfile",
+        "!pyproject.toml",
+        "!README.md",
+        "!constraints.txt",
+        "!platform/",
+        "!jobs/",
+        "!serve/",
+        "!tune/",
     ]
 
 
@@ -249,8 +288,14 @@ def _render_again(path: Path) -> str:
     argv = shlex.split(doc["metadata"]["annotations"][k8s.RENDERED_BY])
     assert argv[:3] == ["sentiray", "k8s", "render"]
     args = cli.build_parser().parse_args(argv[1:])
-    return k8s.render_file(args.source, args.overrides, cluster_config=args.cluster_config, name=args.name,
-                           entrypoint_num_cpus=args.entrypoint_num_cpus, entrypoint_num_gpus=args.entrypoint_num_gpus)
+    return k8s.render_file(
+        args.source,
+        args.overrides,
+        cluster_config=args.cluster_config,
+        name=args.name,
+        entrypoint_num_cpus=args.entrypoint_num_cpus,
+        entrypoint_num_gpus=args.entrypoint_num_gpus,
+    )
 
 
 @pytest.mark.parametrize("path", _rendered_manifests(), ids=lambda p: p.name)
@@ -376,7 +421,9 @@ def test_render_rejects_what_would_not_work_on_the_cluster(tmp_path, capsys):
     job.write_text("stage: data\ndata: {format: synthetic}\n")
     assert "outside this project" in fails(["k8s", "render", str(job)])
     assert "overrides apply to job YAMLs only" in fails(["k8s", "render", str(_serve_yaml(tmp_path)), "a.b=1"])
-    assert "must be one ray.io/v1 RayCluster" in fails(["k8s", "render", "jobs/data.yaml", "--cluster-config", "k8s/mlflow.yaml"])
+    assert "must be one ray.io/v1 RayCluster" in fails(
+        ["k8s", "render", "jobs/data.yaml", "--cluster-config", "k8s/mlflow.yaml"]
+    )
     # a failed render never truncates the file it was to write
     target = tmp_path / "keep.yaml"
     target.write_text("old\n")

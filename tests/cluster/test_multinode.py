@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from sentiray import cli, pipeline
 from sentiray.cluster import submit as sj
 from sentiray.data import schema, storage, synthetic
-
 from tests.cluster.helpers import BIN, auth_headers, user_env
 
 pytestmark = pytest.mark.slow
@@ -60,8 +60,15 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 def sentiray(*argv: str, **popen) -> subprocess.Popen:
     """`sentiray ...` in its own process, as a user runs it, for commands that outlive a step of the test."""
-    return subprocess.Popen([str(BIN / "sentiray"), *argv], env=user_env(), cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+    return subprocess.Popen(
+        [str(BIN / "sentiray"), *argv],
+        env=user_env(),
+        cwd=REPO,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **popen,
+    )
 
 
 def job_actors(cluster, submission_id: str, class_part: str) -> list[dict]:
@@ -71,8 +78,11 @@ def job_actors(cluster, submission_id: str, class_part: str) -> list[dict]:
     job = sj.connect(cluster.address).get_job_info(submission_id)
     if not job.job_id:
         return []
-    actors = cluster.state().list(StateResource.ACTORS, options=ListApiOptions(
-        filters=[("job_id", "=", job.job_id)], detail=True, limit=10_000), raise_on_missing_output=False)
+    actors = cluster.state().list(
+        StateResource.ACTORS,
+        options=ListApiOptions(filters=[("job_id", "=", job.job_id)], detail=True, limit=10_000),
+        raise_on_missing_output=False,
+    )
     actors = [a if isinstance(a, dict) else a.__dict__ for a in actors]
     return [a for a in actors if class_part in a["class_name"]]
 
@@ -103,27 +113,62 @@ def test_a_node_local_storage_root_fails_before_anything_starts(multinode, tmp_p
     client = sj.connect(address)
     before = len(sj.list_jobs(client))
     local = tmp_path / "out"
-    code, _, err = run_cli(capsys, "submit", "jobs/data.yaml", f"storage.root={local}", "data.size=20",
-                           "--address", address, "--working-dir", str(REPO), "--wait")
+    code, _, err = run_cli(
+        capsys,
+        "submit",
+        "jobs/data.yaml",
+        f"storage.root={local}",
+        "data.size=20",
+        "--address",
+        address,
+        "--working-dir",
+        str(REPO),
+        "--wait",
+    )
     assert code == 2
     assert f"data.output is '{local}/data/msc': a path on one node's own disk, but this Ray cluster has 3 nodes" in err
     assert "storage.root=s3://" in err and "Traceback" not in err
 
     pipe = tmp_path / "p.yaml"
-    pipe.write_text(yaml.safe_dump({"name": "local", "storage": {"root": str(local)}, "tracking": {"enabled": False},
-                                    "stages": [{"name": "data", "config": "jobs/data.yaml"}]}))
+    pipe.write_text(
+        yaml.safe_dump(
+            {
+                "name": "local",
+                "storage": {"root": str(local)},
+                "tracking": {"enabled": False},
+                "stages": [{"name": "data", "config": "jobs/data.yaml"}],
+            }
+        )
+    )
     code, _, err = run_cli(capsys, "pipeline", str(pipe), "--address", address, "--quiet")
     assert code == 2 and "stage 'data': data.output is" in err and "3 nodes" in err
     assert len(sj.list_jobs(client)) == before  # nothing was submitted
     assert not local.exists()  # nothing was written either (no state file)
 
     # The same check inside a job (plain `ray job submit`, a RayJob): the stage's own start.
-    check = ("from sentiray import config, runtime; "
-             f"runtime.require_shared_storage(config.load('jobs/data.yaml', ['storage.root={local}']))")
-    proc = subprocess.run([str(BIN / "ray"), "job", "submit", f"--address={address}", "--working-dir", str(REPO),
-                           "--", "python", "-c", check],
-                          env={**user_env(), "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=300,
-                          check=False)
+    check = (
+        "from sentiray import config, runtime; "
+        f"runtime.require_shared_storage(config.load('jobs/data.yaml', ['storage.root={local}']))"
+    )
+    proc = subprocess.run(
+        [
+            str(BIN / "ray"),
+            "job",
+            "submit",
+            f"--address={address}",
+            "--working-dir",
+            str(REPO),
+            "--",
+            "python",
+            "-c",
+            check,
+        ],
+        env={**user_env(), "RAY_AUTH_MODE": "token"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode != 0
     assert "a path on one node's own disk, but this Ray cluster has 3 nodes" in proc.stdout + proc.stderr
 
@@ -141,11 +186,27 @@ def test_rationales_survive_a_worker_node_lost_mid_run(multinode, s3_root, s3_mo
     data_uri, out = f"{s3_root}/rat/in", f"{s3_root}/rat/out"
     schema.write_dataset(synthetic.generate("msc", 60, seed=5), data_uri)
     expected = ids(data_uri, "train")
-    args = ["submit", "jobs/rationales.yaml", f"storage.root={s3_root}", f"data.input={data_uri}", f"data.output={out}",
-            f"teacher.model.path={s3_models['vlm']}", "teacher.concurrency=2", "teacher.num_cpus=1",
-            "teacher.batch_size=2", "teacher.shard_rows=4", "teacher.max_new_tokens=16", "teacher.temperature=1.0",
-            "teacher.lrsa_rationales=false", f"teacher.splits={SPLITS}", "teacher.rationalize_splits=[]",
-            "tracking.enabled=false", "--address", multinode.address, "--wait"]
+    args = [
+        "submit",
+        "jobs/rationales.yaml",
+        f"storage.root={s3_root}",
+        f"data.input={data_uri}",
+        f"data.output={out}",
+        f"teacher.model.path={s3_models['vlm']}",
+        "teacher.concurrency=2",
+        "teacher.num_cpus=1",
+        "teacher.batch_size=2",
+        "teacher.shard_rows=4",
+        "teacher.max_new_tokens=16",
+        "teacher.temperature=1.0",
+        "teacher.lrsa_rationales=false",
+        f"teacher.splits={SPLITS}",
+        "teacher.rationalize_splits=[]",
+        "tracking.enabled=false",
+        "--address",
+        multinode.address,
+        "--wait",
+    ]
     waiting = sentiray(*args)
     try:
         submission_id = waiting.stdout.readline().strip()
@@ -187,17 +248,31 @@ def test_rationales_survive_a_worker_node_lost_mid_run(multinode, s3_root, s3_mo
     rejects = ids(out, "rejects") if parts(out, "rejects") else []
     assert sorted(ids(out, "train") + rejects) == sorted(expected)
     assert schema.read_manifest(out)["counts"]["train"] + len(rejects) == len(expected) == 48
-    FAULTS.append(("rationales: worker node's raylet killed mid-run (2 hf actors, 1 per node)",
-                   f"nothing; {n_retried} task(s) retried", recovered))
+    FAULTS.append(
+        (
+            "rationales: worker node's raylet killed mid-run (2 hf actors, 1 per node)",
+            f"nothing; {n_retried} task(s) retried",
+            recovered,
+        )
+    )
 
 
 # --------------------------------------------------------------------------- a pipeline, training across nodes
 
 # The training settings of the pipeline's assistant and of the node-failure run: 128 train rows,
 # 2 workers x 8 rows a step, one epoch = 8 optimizer steps, checkpoints at steps 3 and 6.
-TRAIN = ["mulcot.chain_column=gold_chain", "train.num_workers=2", "train.placement=STRICT_SPREAD",
-         "train.zero_stage=2", "train.epochs=1", "train.batch_size=8", "train.lr=5e-3", "train.log_every=2",
-         "train.checkpoint_every=3", "train.keep_checkpoints=3"]
+TRAIN = [
+    "mulcot.chain_column=gold_chain",
+    "train.num_workers=2",
+    "train.placement=STRICT_SPREAD",
+    "train.zero_stage=2",
+    "train.epochs=1",
+    "train.batch_size=8",
+    "train.lr=5e-3",
+    "train.log_every=2",
+    "train.checkpoint_every=3",
+    "train.keep_checkpoints=3",
+]
 STEPS = 8
 # Files a stage writes as an output: none may be on a node's own disk.
 OUTPUT_NAMES = {"_SUCCESS.json", "best.json", "_manifest.json", "report.json", "state.json"}
@@ -225,8 +300,11 @@ def registered_checkpoints(run_dir: str) -> list[str]:
 
 def train_worker_nodes(cluster, submission_id: str) -> dict[str, str]:
     """{actor id: node name} of the job's Ray Train workers that are alive now."""
-    return {a["actor_id"]: cluster.node_name(a["node_id"])
-            for a in job_actors(cluster, submission_id, "RayTrainWorker") if a["state"] == "ALIVE"}
+    return {
+        a["actor_id"]: cluster.node_name(a["node_id"])
+        for a in job_actors(cluster, submission_id, "RayTrainWorker")
+        if a["state"] == "ALIVE"
+    }
 
 
 @pytest.fixture(scope="module")
@@ -235,17 +313,34 @@ def pipeline_on_s3(multinode, s3_root, s3_models, tmp_path_factory):
     each, storage.root on S3. While the assistant trains, its workers' nodes are recorded."""
     root = f"{s3_root}/pipe"
     pipe = tmp_path_factory.mktemp("pipe") / "pipeline.yaml"
-    pipe.write_text(yaml.safe_dump({
-        "name": "multinode", "storage": {"root": root}, "tracking": {"enabled": False},
-        "stages": [
-            {"name": "data", "config": "jobs/data.yaml", "overrides": ["data.size=160", "data.output=data/msc"]},
-            {"name": "assistant", "config": "jobs/assistant.yaml", "inputs": {"data.input": "data"},
-             "overrides": [f"model.path={s3_models['vlm']}", *TRAIN]},
-            {"name": "evaluate", "config": "jobs/evaluate.yaml",
-             "inputs": {"data.input": "data", "model.path": "assistant"},
-             "overrides": ["evaluate.limit=4", "mulcot.generate_chains=false"]},
-        ],
-    }))
+    pipe.write_text(
+        yaml.safe_dump(
+            {
+                "name": "multinode",
+                "storage": {"root": root},
+                "tracking": {"enabled": False},
+                "stages": [
+                    {
+                        "name": "data",
+                        "config": "jobs/data.yaml",
+                        "overrides": ["data.size=160", "data.output=data/msc"],
+                    },
+                    {
+                        "name": "assistant",
+                        "config": "jobs/assistant.yaml",
+                        "inputs": {"data.input": "data"},
+                        "overrides": [f"model.path={s3_models['vlm']}", *TRAIN],
+                    },
+                    {
+                        "name": "evaluate",
+                        "config": "jobs/evaluate.yaml",
+                        "inputs": {"data.input": "data", "model.path": "assistant"},
+                        "overrides": ["evaluate.limit=4", "mulcot.generate_chains=false"],
+                    },
+                ],
+            }
+        )
+    )
     start = time.monotonic()
     proc = sentiray("pipeline", str(pipe), "--address", multinode.address, "--quiet")
     workers: dict[str, str] = {}
@@ -275,13 +370,19 @@ def test_pipeline_runs_every_stage_as_a_job_with_outputs_on_s3_only(multinode, p
     done = storage.read_json(f"{root}/checkpoints/assistant/_SUCCESS.json")
     assert done["final"]["step"] == STEPS and done["model"] == f"{root}/checkpoints/assistant/model"
     assert storage.exists(f"{root}/checkpoints/assistant/model/config.json")
-    checkpoints = [n for n in storage.listdir(f"{root}/checkpoints/assistant/ray")
-                   if n.startswith("checkpoint_") and not n.endswith(".json")]
+    checkpoints = [
+        n
+        for n in storage.listdir(f"{root}/checkpoints/assistant/ray")
+        if n.startswith("checkpoint_") and not n.endswith(".json")
+    ]
     assert len(checkpoints) == 3  # steps 3 and 6, and the epoch's end
     assert storage.read_json(f"{root}/reports/student/report.json")["n"] == 4
     assert node_local_outputs(multinode) == []
-    print("\npipeline seconds per stage:", {n: state["stages"][n].get("seconds") for n in state["stages"]},
-          f"total {pipeline_on_s3['seconds']:.0f}")
+    print(
+        "\npipeline seconds per stage:",
+        {n: state["stages"][n].get("seconds") for n in state["stages"]},
+        f"total {pipeline_on_s3['seconds']:.0f}",
+    )
 
 
 def test_training_ran_its_two_workers_on_two_nodes(pipeline_on_s3):
@@ -297,10 +398,27 @@ def test_training_survives_a_worker_node_lost_mid_epoch(multinode, s3_root, s3_m
     the latest checkpoint, and the run ends at the same step as the uninterrupted one."""
     root = f"{s3_root}/fault"
     out = f"{root}/checkpoints/assistant"
-    args = ["submit", "jobs/assistant.yaml", f"storage.root={root}", f"data.input={pipeline_on_s3['root']}/data/msc",
-            f"model.path={s3_models['vlm']}", *TRAIN, "train.max_failures=2", "tracking.enabled=false",
-            "--env", "AWS_ENDPOINT_URL", "--env", "AWS_ACCESS_KEY_ID", "--env", "AWS_SECRET_ACCESS_KEY",
-            "--env", "AWS_DEFAULT_REGION", "--address", multinode.address, "--wait"]
+    args = [
+        "submit",
+        "jobs/assistant.yaml",
+        f"storage.root={root}",
+        f"data.input={pipeline_on_s3['root']}/data/msc",
+        f"model.path={s3_models['vlm']}",
+        *TRAIN,
+        "train.max_failures=2",
+        "tracking.enabled=false",
+        "--env",
+        "AWS_ENDPOINT_URL",
+        "--env",
+        "AWS_ACCESS_KEY_ID",
+        "--env",
+        "AWS_SECRET_ACCESS_KEY",
+        "--env",
+        "AWS_DEFAULT_REGION",
+        "--address",
+        multinode.address,
+        "--wait",
+    ]
     waiting = sentiray(*args)
     try:
         submission_id = waiting.stdout.readline().strip()
@@ -318,6 +436,7 @@ def test_training_survives_a_worker_node_lost_mid_epoch(multinode, s3_root, s3_m
         def new_group_alive():
             now = train_worker_nodes(multinode, submission_id)
             return now if len(now) == 2 and not set(now) & set(workers) else None
+
         regrouped = wait_until(new_group_alive, 180, "a new worker group")
         recovered = time.monotonic() - killed
         _, stderr = waiting.communicate(timeout=400)
@@ -331,8 +450,13 @@ def test_training_survives_a_worker_node_lost_mid_epoch(multinode, s3_root, s3_m
     assert done["final"]["resumed_from_step"] in (3, 6)  # restarted from a checkpoint, not from step 0
     assert storage.exists(f"{out}/model/config.json")
     assert node_local_outputs(multinode) == []
-    FAULTS.append(("training: worker node's raylet killed mid-epoch (ZeRO-2, STRICT_SPREAD)",
-                   f"nothing; resumed from step {done['final']['resumed_from_step']}, ended at step {STEPS}", recovered))
+    FAULTS.append(
+        (
+            "training: worker node's raylet killed mid-epoch (ZeRO-2, STRICT_SPREAD)",
+            f"nothing; resumed from step {done['final']['resumed_from_step']}, ended at step {STEPS}",
+            recovered,
+        )
+    )
 
 
 # --------------------------------------------------------------------------- serving under load: a node lost
@@ -397,25 +521,40 @@ def test_serving_survives_a_worker_node_lost_under_load(multinode, pipeline_on_s
     config = {
         "proxy_location": "HeadOnly",
         "http_options": {"host": "127.0.0.1", "port": port},
-        "applications": [{
-            "name": "student", "route_prefix": "/", "import_path": "sentiray.serving.app:build_app",
-            "runtime_env": {"env_vars": env_vars},
-            "args": {"model": f"{pipeline_on_s3['root']}/checkpoints/assistant/model", "max_batch_size": 4},
-            "deployments": [{
-                "name": "SentimentModel", "max_replicas_per_node": 1,
-                "autoscaling_config": {"min_replicas": 2, "max_replicas": 2},
-                "ray_actor_options": {"num_cpus": 1},
-            }],
-        }],
+        "applications": [
+            {
+                "name": "student",
+                "route_prefix": "/",
+                "import_path": "sentiray.serving.app:build_app",
+                "runtime_env": {"env_vars": env_vars},
+                "args": {"model": f"{pipeline_on_s3['root']}/checkpoints/assistant/model", "max_batch_size": 4},
+                "deployments": [
+                    {
+                        "name": "SentimentModel",
+                        "max_replicas_per_node": 1,
+                        "autoscaling_config": {"min_replicas": 2, "max_replicas": 2},
+                        "ray_actor_options": {"num_cpus": 1},
+                    }
+                ],
+            }
+        ],
     }
     path = tmp_path / "serve.yaml"
     path.write_text(yaml.safe_dump(config))
-    proc = subprocess.run([str(BIN / "serve"), "deploy", str(path), "--address", multinode.address],
-                          env={**user_env(), "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=120,
-                          check=False)
+    proc = subprocess.run(
+        [str(BIN / "serve"), "deploy", str(path), "--address", multinode.address],
+        env={**user_env(), "RAY_AUTH_MODE": "token"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    two = wait_until(lambda: len(r := running_on(multinode, serve_replicas(multinode, "student", "SentimentModel"))) == 2
-                     and r, 240, "two replicas running")
+    two = wait_until(
+        lambda: len(r := running_on(multinode, serve_replicas(multinode, "student", "SentimentModel"))) == 2 and r,
+        240,
+        "two replicas running",
+    )
     assert len(set(two)) == 2 and "head" not in two  # one replica on each worker node
 
     url = f"http://127.0.0.1:{port}/v1/sentiment"
@@ -427,8 +566,11 @@ def test_serving_survives_a_worker_node_lost_under_load(multinode, pipeline_on_s
         time.sleep(5)  # the load runs on one replica meanwhile
         multinode.add_worker(f"{victim}3", num_cpus=2)
         returned = time.monotonic()
-        wait_until(lambda: len(running_on(multinode, serve_replicas(multinode, "student", "SentimentModel"))) == 2,
-                   60, "back to two replicas within 60 s of the node's return")
+        wait_until(
+            lambda: len(running_on(multinode, serve_replicas(multinode, "student", "SentimentModel"))) == 2,
+            60,
+            "back to two replicas within 60 s of the node's return",
+        )
         recovered = time.monotonic()
         time.sleep(5)  # and answering after recovery
     results = load.results
@@ -438,8 +580,17 @@ def test_serving_survives_a_worker_node_lost_under_load(multinode, pipeline_on_s
     after = [s for t, s in results if t > recovered]
     assert after and all(s < 500 for s in after), sorted(set(after))
     assert all(s == 200 for t, s in results if t < killed)  # the baseline was clean
-    FAULTS.append((f"serving: worker node's raylet killed under load ({load.clients} clients, 2 replicas)",
-                   f"{len(failed)} of {len(results)} requests ({100 * len(failed) / len(results):.1f}%)",
-                   recovered - returned))
-    subprocess.run([str(BIN / "serve"), "shutdown", "--address", multinode.address, "-y"],
-                   env={**user_env(), "RAY_AUTH_MODE": "token"}, capture_output=True, timeout=120, check=False)
+    FAULTS.append(
+        (
+            f"serving: worker node's raylet killed under load ({load.clients} clients, 2 replicas)",
+            f"{len(failed)} of {len(results)} requests ({100 * len(failed) / len(results):.1f}%)",
+            recovered - returned,
+        )
+    )
+    subprocess.run(
+        [str(BIN / "serve"), "shutdown", "--address", multinode.address, "-y"],
+        env={**user_env(), "RAY_AUTH_MODE": "token"},
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )

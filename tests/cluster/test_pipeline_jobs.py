@@ -8,6 +8,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
+
 from sentiray import cli, pipeline
 from sentiray.cluster import submit as sj
 from sentiray.data import schema, storage
@@ -23,16 +24,28 @@ def test_each_stage_runs_as_a_ray_job_and_a_rerun_submits_nothing(head, tiny_mod
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)  # passed through to the jobs
     root = tmp_path / "out"  # absolute and on this machine: the node's jobs write where we read
     p = tmp_path / "p.yaml"
-    p.write_text(yaml.safe_dump({
-        "name": "on-cluster",
-        "storage": {"root": str(root)},
-        "tracking": {"experiment": "pipeline-jobs"},
-        "stages": [
-            {"name": "data", "config": "jobs/data.yaml", "overrides": ["data.size=30", "data.output=data/msc"]},
-            {"name": "evaluate", "config": "jobs/evaluate.yaml", "inputs": {"data.input": "data"},
-             "overrides": [f"model.path={tiny_models['vlm']}", "evaluate.limit=3", "mulcot.chain_max_new_tokens=8"]},
-        ],
-    }))
+    p.write_text(
+        yaml.safe_dump(
+            {
+                "name": "on-cluster",
+                "storage": {"root": str(root)},
+                "tracking": {"experiment": "pipeline-jobs"},
+                "stages": [
+                    {"name": "data", "config": "jobs/data.yaml", "overrides": ["data.size=30", "data.output=data/msc"]},
+                    {
+                        "name": "evaluate",
+                        "config": "jobs/evaluate.yaml",
+                        "inputs": {"data.input": "data"},
+                        "overrides": [
+                            f"model.path={tiny_models['vlm']}",
+                            "evaluate.limit=3",
+                            "mulcot.chain_max_new_tokens=8",
+                        ],
+                    },
+                ],
+            }
+        )
+    )
     capsys.readouterr()
     code = cli.main(["pipeline", str(p), "--address", address, "--quiet"])
     out, err = capsys.readouterr()
@@ -69,15 +82,27 @@ def test_a_failing_job_stops_the_pipeline_with_its_error(head, tmp_path, monkeyp
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     root = tmp_path / "out"
     p = tmp_path / "p.yaml"
-    p.write_text(yaml.safe_dump({
-        "name": "fails",
-        "storage": {"root": str(root)},
-        "stages": [
-            {"name": "prepare", "config": "jobs/data.yaml",  # a folder that is not there: the job fails
-             "overrides": ["data.format=twitter2015", f"data.input={tmp_path / 'no-such-folder'}"]},
-            {"name": "after", "config": "jobs/data.yaml", "inputs": {"data.input": "prepare"}, "overrides": ["data.output=x"]},
-        ],
-    }))
+    p.write_text(
+        yaml.safe_dump(
+            {
+                "name": "fails",
+                "storage": {"root": str(root)},
+                "stages": [
+                    {
+                        "name": "prepare",
+                        "config": "jobs/data.yaml",  # a folder that is not there: the job fails
+                        "overrides": ["data.format=twitter2015", f"data.input={tmp_path / 'no-such-folder'}"],
+                    },
+                    {
+                        "name": "after",
+                        "config": "jobs/data.yaml",
+                        "inputs": {"data.input": "prepare"},
+                        "overrides": ["data.output=x"],
+                    },
+                ],
+            }
+        )
+    )
     capsys.readouterr()
     code = cli.main(["pipeline", str(p), "--address", address, "--quiet"])
     _, err = capsys.readouterr()

@@ -21,17 +21,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from sentiray import cli
 from sentiray.cluster import submit as sj
 from sentiray.data import schema
-
 from tests.cluster.helpers import BIN, user_env
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DATA_JOB = str(REPO / "jobs" / "data.yaml")
 SECRET = "sr-test-secret-7f3a9c"  # the AWS secret key the jobs get: must never be printed
-
 
 
 @pytest.fixture
@@ -62,8 +61,17 @@ def wait_for_status(address: str, submission_id: str, wanted: str, timeout: floa
 @pytest.mark.slow
 def test_submit_follow_runs_a_stage_with_the_environment_passed_through(head, job_env, s3_uri, capsys):
     address, _ = head
-    args = ["submit", DATA_JOB, f"storage.root={s3_uri}", "data.size=40", "data.seed=1",
-            "--address", address, "--working-dir", str(REPO)]
+    args = [
+        "submit",
+        DATA_JOB,
+        f"storage.root={s3_uri}",
+        "data.size=40",
+        "data.seed=1",
+        "--address",
+        address,
+        "--working-dir",
+        str(REPO),
+    ]
     code, out, err = run_cli(capsys, *args, "--follow")
     assert code == 0, out[-3000:] + err[-3000:]
     submission_id = out.splitlines()[0]
@@ -91,8 +99,19 @@ def test_submit_follow_runs_a_stage_with_the_environment_passed_through(head, jo
     assert "AWS_SECRET_ACCESS_KEY" in row["env_vars"] and SECRET not in out
 
     # the same config again (overrides in another order): recognised, not run twice
-    code, out, err = run_cli(capsys, "submit", DATA_JOB, "data.seed=1", "data.size=40", f"storage.root={s3_uri}",
-                             "--address", address, "--working-dir", str(REPO), "--wait")
+    code, out, err = run_cli(
+        capsys,
+        "submit",
+        DATA_JOB,
+        "data.seed=1",
+        "data.size=40",
+        f"storage.root={s3_uri}",
+        "--address",
+        address,
+        "--working-dir",
+        str(REPO),
+        "--wait",
+    )
     assert code == 0 and out.splitlines()[0] == submission_id
     assert f"already submitted as {submission_id}: SUCCEEDED" in err
     jobs = [j for j in sj.list_jobs(sj.connect(address)) if (j.submission_id or "").startswith(submission_id)]
@@ -103,8 +122,19 @@ def test_submit_follow_runs_a_stage_with_the_environment_passed_through(head, jo
 def test_a_failing_job_ends_failed_and_submit_wait_shows_its_error(head, job_env, tmp_path, capsys):
     address, _ = head
     # Valid config, fails at run time: the input folder does not exist on the cluster.
-    code, out, err = run_cli(capsys, "submit", DATA_JOB, "data.format=mvsa_single", f"data.input={tmp_path}/missing",
-                             f"data.output={tmp_path}/out", "--address", address, "--working-dir", str(REPO), "--wait")
+    code, out, err = run_cli(
+        capsys,
+        "submit",
+        DATA_JOB,
+        "data.format=mvsa_single",
+        f"data.input={tmp_path}/missing",
+        f"data.output={tmp_path}/out",
+        "--address",
+        address,
+        "--working-dir",
+        str(REPO),
+        "--wait",
+    )
     submission_id = out.splitlines()[0]
     assert code == sj.EXIT_CODES["FAILED"] == 1
     assert f"job {submission_id} FAILED" in err
@@ -118,8 +148,16 @@ def test_a_failing_job_ends_failed_and_submit_wait_shows_its_error(head, job_env
 def test_jobs_stop_stops_a_running_job_and_a_resubmit_is_a_new_attempt(head, job_env, tmp_path, capsys):
     address, _ = head
     # A data set big enough to run for an hour.
-    args = ["submit", DATA_JOB, "data.size=5000000", f"data.output={tmp_path}/big",
-            "--address", address, "--working-dir", str(REPO)]
+    args = [
+        "submit",
+        DATA_JOB,
+        "data.size=5000000",
+        f"data.output={tmp_path}/big",
+        "--address",
+        address,
+        "--working-dir",
+        str(REPO),
+    ]
     code, out, _ = run_cli(capsys, *args)
     assert code == 0
     submission_id = out.splitlines()[0]
@@ -160,12 +198,22 @@ def test_plain_ray_job_submit_runs_the_rayjob_manifest_entrypoint(head, s3_serve
     submission_id = f"rayjob-data-{time.time_ns()}"
     # Later overrides win: the bucket of this test's S3 server, a small data set.
     entrypoint = shlex.split(spec["entrypoint"]) + [f"storage.root={s3_uri}", "data.size=30"]
-    cmd = [str(BIN / "ray"), "job", "submit", f"--address={address}", f"--submission-id={submission_id}",
-           f"--runtime-env-json={json.dumps(runtime_env)}", f"--metadata-json={json.dumps(spec['metadata'])}",
-           f"--entrypoint-num-cpus={spec['entrypointNumCpus']}", "--", *entrypoint]
+    cmd = [
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        f"--address={address}",
+        f"--submission-id={submission_id}",
+        f"--runtime-env-json={json.dumps(runtime_env)}",
+        f"--metadata-json={json.dumps(spec['metadata'])}",
+        f"--entrypoint-num-cpus={spec['entrypointNumCpus']}",
+        "--",
+        *entrypoint,
+    ]
     # Ray's CLI sends the token (~/.ray/auth_token here) only with RAY_AUTH_MODE=token: the README's line.
-    proc = subprocess.run(cmd, check=False, env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        cmd, check=False, env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "data: wrote s3://" in proc.stdout
 
@@ -180,8 +228,9 @@ def test_plain_ray_job_submit_runs_the_rayjob_manifest_entrypoint(head, s3_serve
 
 def sentiray(*argv: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
     """The `sentiray` command a user runs, in its own process: nothing of this session's Ray state."""
-    return subprocess.run([str(BIN / "sentiray"), *argv], env=env, cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        [str(BIN / "sentiray"), *argv], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 @pytest.mark.slow
@@ -197,8 +246,19 @@ def test_submit_wait_under_token_authentication_needs_nothing_set_by_hand(head, 
 
     env = {**user_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     assert not any(k.startswith("RAY_AUTH_") for k in env)
-    proc = sentiray("submit", DATA_JOB, f"storage.root={s3_uri}", "data.size=20", "data.seed=3",
-                    "--address", address, "--working-dir", str(REPO), "--wait", env=env)
+    proc = sentiray(
+        "submit",
+        DATA_JOB,
+        f"storage.root={s3_uri}",
+        "data.size=20",
+        "data.seed=3",
+        "--address",
+        address,
+        "--working-dir",
+        str(REPO),
+        "--wait",
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     submission_id = proc.stdout.splitlines()[0]
     assert f"{submission_id}: SUCCEEDED" in proc.stderr
@@ -210,15 +270,31 @@ def test_a_refused_token_is_one_line_that_says_what_to_set(head, tmp_path):
     address, _ = head
     env = {**user_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     pipe = tmp_path / "p.yaml"
-    pipe.write_text(yaml.safe_dump({"name": "refused", "storage": {"root": "s3://sentiray-test/refused"},
-                                    "stages": [{"name": "data", "config": "jobs/data.yaml"}]}))
+    pipe.write_text(
+        yaml.safe_dump(
+            {
+                "name": "refused",
+                "storage": {"root": "s3://sentiray-test/refused"},
+                "stages": [{"name": "data", "config": "jobs/data.yaml"}],
+            }
+        )
+    )
     cases = [  # (command, extra environment, what the line says)
-        (["submit", DATA_JOB, "data.output=s3://b/x", "--address", address, "--wait"], {"RAY_AUTH_TOKEN": "not-the-token"},
-         f"error: the Ray cluster at {address} refused the authentication token from RAY_AUTH_TOKEN; set RAY_AUTH_TOKEN"),
-        (["jobs", "list", "--address", address], {"RAY_AUTH_MODE": "disabled"},
-         f"error: the Ray cluster at {address} requires an authentication token and none was sent (RAY_AUTH_MODE=disabled)"),
-        (["pipeline", str(pipe), "--address", address, "--quiet"], {"RAY_AUTH_TOKEN_PATH": str(tmp_path / "none")},
-         f"error: RAY_AUTH_TOKEN_PATH={tmp_path / 'none'} cannot be read"),
+        (
+            ["submit", DATA_JOB, "data.output=s3://b/x", "--address", address, "--wait"],
+            {"RAY_AUTH_TOKEN": "not-the-token"},
+            f"error: the Ray cluster at {address} refused the authentication token from RAY_AUTH_TOKEN; set RAY_AUTH_TOKEN",
+        ),
+        (
+            ["jobs", "list", "--address", address],
+            {"RAY_AUTH_MODE": "disabled"},
+            f"error: the Ray cluster at {address} requires an authentication token and none was sent (RAY_AUTH_MODE=disabled)",
+        ),
+        (
+            ["pipeline", str(pipe), "--address", address, "--quiet"],
+            {"RAY_AUTH_TOKEN_PATH": str(tmp_path / "none")},
+            f"error: RAY_AUTH_TOKEN_PATH={tmp_path / 'none'} cannot be read",
+        ),
     ]
     for argv, extra, line in cases:
         proc = sentiray(*argv, env={**env, **extra}, timeout=120)
@@ -250,15 +326,19 @@ def test_node_local_outputs_fail_on_more_than_one_node(tmp_path, monkeypatch):
 
     local = sj.config.load(DATA_JOB, [f"storage.root={tmp_path}"])
     runtime.check_shared_storage(local, alive_nodes=1)  # one node: every path is shared
-    with pytest.raises(ConfigError, match=r"data.output is '.*/data/msc': a path on one node's own disk, but this Ray "
-                                          r"cluster has 2 nodes.*storage.root=s3://"):
+    with pytest.raises(
+        ConfigError,
+        match=r"data.output is '.*/data/msc': a path on one node's own disk, but this Ray "
+        r"cluster has 2 nodes.*storage.root=s3://",
+    ):
         runtime.check_shared_storage(local, alive_nodes=2)
     runtime.check_shared_storage(sj.config.load(DATA_JOB, ["storage.root=s3://b/run"]), alive_nodes=3)
     # a filesystem mounted on every node, named as such
     monkeypatch.setenv(runtime.SHARED_PATHS_ENV, f"/elsewhere:{tmp_path}")
     runtime.check_shared_storage(local, alive_nodes=2)
     assert runtime.node_local_outputs(local, {runtime.SHARED_PATHS_ENV: f"{tmp_path}-other"}) == {
-        "data.output": f"{tmp_path}/data/msc"}
+        "data.output": f"{tmp_path}/data/msc"
+    }
     # outside a Ray job, with no cluster address, nothing is asked (a local Ray is one node)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv(runtime.JOB_CONFIG_ENV, raising=False)
@@ -272,7 +352,9 @@ def test_submit_errors_are_clear(tmp_path, capsys):
     assert code == 2 and "data.size" in err
     code, _, err = run_cli(capsys, "submit", DATA_JOB, "--working-dir", str(tmp_path), "--dry-run")
     assert code == 2 and "outside the working directory" in err
-    code, _, err = run_cli(capsys, "submit", DATA_JOB, "--working-dir", str(REPO), "--env", "SENTIRAY_TEST_UNSET_VAR", "--dry-run")
+    code, _, err = run_cli(
+        capsys, "submit", DATA_JOB, "--working-dir", str(REPO), "--env", "SENTIRAY_TEST_UNSET_VAR", "--dry-run"
+    )
     assert code == 2 and "SENTIRAY_TEST_UNSET_VAR: not set" in err
     code, _, err = run_cli(capsys, "jobs", "list", "--address", f"http://127.0.0.1:{free_port()}")
     assert code == 2 and "cannot reach a Ray dashboard at http://127.0.0.1:" in err
@@ -295,25 +377,41 @@ def test_the_submission_id_is_the_stage_and_a_hash_of_the_resolved_config():
     assert sub("data.size=41", "data.seed=1").base_id != first.base_id
     assert first.entrypoint == "sentiray run jobs/data.yaml data.size=40 data.seed=1"
     assert first.metadata["sentiray_config_hash"] == first.base_id.rsplit("-", 1)[1]
-    assert [sj.attempt_number(i, first.base_id) for i in (first.base_id, first.base_id + "-3", first.base_id + "-x", "other")] \
-        == [1, 3, None, None]
+    assert [
+        sj.attempt_number(i, first.base_id)
+        for i in (first.base_id, first.base_id + "-3", first.base_id + "-x", "other")
+    ] == [1, 3, None, None]
 
 
 def test_only_allowlisted_variables_pass_and_their_values_stay_hidden():
     environ = {
-        "MLFLOW_TRACKING_URI": "http://user:pw-12345@mlflow:5000", "AWS_SECRET_ACCESS_KEY": SECRET,
-        "AWS_ENDPOINT_URL": "http://s3:9000", "AWS_PROFILE": "mine", "AWS_SHARED_CREDENTIALS_FILE": "/home/me/.aws/c",
-        "SENTIRAY_PARENT_RUN_ID": "abc123", "HF_TOKEN": "hf_token_value", "HOME": "/home/me", "PATH": "/usr/bin",
-        "GITHUB_TOKEN": "ghp_not_for_the_cluster", "MY_TEACHER_KEY": "teacher-key-value",
+        "MLFLOW_TRACKING_URI": "http://user:pw-12345@mlflow:5000",
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+        "AWS_ENDPOINT_URL": "http://s3:9000",
+        "AWS_PROFILE": "mine",
+        "AWS_SHARED_CREDENTIALS_FILE": "/home/me/.aws/c",
+        "SENTIRAY_PARENT_RUN_ID": "abc123",
+        "HF_TOKEN": "hf_token_value",
+        "HOME": "/home/me",
+        "PATH": "/usr/bin",
+        "GITHUB_TOKEN": "ghp_not_for_the_cluster",
+        "MY_TEACHER_KEY": "teacher-key-value",
     }
     cfg, sub = sj.prepare(DATA_JOB, [], working_dir=REPO, environ=environ)
-    assert sub.env_names == ["AWS_ENDPOINT_URL", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN", "MLFLOW_TRACKING_URI",
-                             "SENTIRAY_PARENT_RUN_ID"]
+    assert sub.env_names == [
+        "AWS_ENDPOINT_URL",
+        "AWS_SECRET_ACCESS_KEY",
+        "HF_TOKEN",
+        "MLFLOW_TRACKING_URI",
+        "SENTIRAY_PARENT_RUN_ID",
+    ]
     assert SECRET not in repr(sub)  # the runtime env is kept out of repr
     shown = sj.redact(f"failed: {environ['MLFLOW_TRACKING_URI']} {SECRET} hf_token_value http://s3:9000", sub.secrets)
     assert shown == "failed: *** *** *** http://s3:9000"
     # a key variable the config names passes too; --no-env passes only what --env names
-    teacher_cfg = cfg.model_copy(update={"teacher": sj.config.TeacherConfig.model_construct(api_key_env="MY_TEACHER_KEY")})
+    teacher_cfg = cfg.model_copy(
+        update={"teacher": sj.config.TeacherConfig.model_construct(api_key_env="MY_TEACHER_KEY")}
+    )
     assert "MY_TEACHER_KEY" in sj.passthrough_env(teacher_cfg, environ=environ)
     assert sj.passthrough_env(cfg, ["HOME"], environ, allowlist=False) == {"HOME": "/home/me"}
 
@@ -330,5 +428,7 @@ def test_dry_run_and_warnings_name_what_would_be_lost(capsys, monkeypatch):
     assert "data.output resolves to 'runs/data/msc', a relative local path" in err
     assert "no MLFLOW_TRACKING_URI here" in err
     # --no-env: the cluster's own environment decides about MLflow
-    code, out, err = run_cli(capsys, "submit", DATA_JOB, "data.output=s3://b/x", "--working-dir", str(REPO), "--dry-run", "--no-env")
+    code, out, err = run_cli(
+        capsys, "submit", DATA_JOB, "data.output=s3://b/x", "--working-dir", str(REPO), "--dry-run", "--no-env"
+    )
     assert code == 0 and json.loads(out)["env_vars"] == [] and err == ""

@@ -69,7 +69,10 @@ def make_twitter(root: Path, name: str = "twitter2015", images_dir: str | None =
     folder = root / name
     folder.mkdir(parents=True)
     img_dir = folder / images_dir if images_dir else root / f"{name}_images"
-    good = {n: write_image(img_dir / n, c) for n, c in (("1.jpg", (255, 0, 0)), ("2.jpg", (0, 255, 0)), ("3.jpg", (0, 0, 255)))}
+    good = {
+        n: write_image(img_dir / n, c)
+        for n, c in (("1.jpg", (255, 0, 0)), ("2.jpg", (0, 255, 0)), ("3.jpg", (0, 0, 255)))
+    }
     write_broken_image(img_dir / "broken.jpg")
     train = [
         "0\t2\t1.jpg\tRT @ ltsChuckBass : $T$ is everything # MCM\tChuck Bass",
@@ -206,7 +209,9 @@ def test_mabsa_json(tmp_path):
 # --------------------------------------------------------------------------- MVSA
 
 
-def make_mvsa(folder: Path, labels: list[tuple[str, str]], texts: dict[str, bytes], images: set[str], header: str) -> None:
+def make_mvsa(
+    folder: Path, labels: list[tuple[str, str]], texts: dict[str, bytes], images: set[str], header: str
+) -> None:
     (folder / "data").mkdir(parents=True)
     (folder / "labelResultAll.txt").write_text(header + "\n" + "\n".join(f"{i}\t{lab}" for i, lab in labels) + "\n")
     for post_id, raw in texts.items():
@@ -248,12 +253,20 @@ def test_mvsa_single_cleaning_and_split(tmp_path):
         "mvsa_single-7": "bad_label",
         "mvsa_single-8": "empty_text",
     }
-    assert data.notes["dropped"] == {"bad_label": 1, "conflict_pos_neg": 1, "empty_text": 1, "missing_image": 1, "missing_text": 1}
+    assert data.notes["dropped"] == {
+        "bad_label": 1,
+        "conflict_pos_neg": 1,
+        "empty_text": 1,
+        "missing_image": 1,
+        "missing_text": 1,
+    }
     assert data.notes["posts"] == 18 and data.notes["kept"] == 13 and data.notes["text_fallback_decoding"] == 1
     assert data.notes["label_rule"] == {"agree": 11, "neutral_plus_polar": 2}  # of the kept posts
     # The split is deterministic for a seed.
     again = read_dataset(cfg)
-    assert [[r["id"] for r in again.splits[s]] for s in schema.SPLITS] == [[r["id"] for r in data.splits[s]] for s in schema.SPLITS]
+    assert [[r["id"] for r in again.splits[s]] for s in schema.SPLITS] == [
+        [r["id"] for r in data.splits[s]] for s in schema.SPLITS
+    ]
 
 
 def test_mvsa_multiple_majority(tmp_path):
@@ -271,14 +284,20 @@ def test_mvsa_multiple_majority(tmp_path):
     kept = by_id(data, "train")
     assert kept["mvsa_multiple-1"]["label"] == "positive" and kept["mvsa_multiple-4"]["label"] == "negative"
     assert json.loads(kept["mvsa_multiple-4"]["meta"])["text_label"] == "neutral"
-    assert reasons(data) == {"mvsa_multiple-2": "no_majority", "mvsa_multiple-3": "conflict_pos_neg", "mvsa_multiple-5": "bad_columns"}
+    assert reasons(data) == {
+        "mvsa_multiple-2": "no_majority",
+        "mvsa_multiple-3": "conflict_pos_neg",
+        "mvsa_multiple-5": "bad_columns",
+    }
     assert data.notes["dropped"] == {"bad_columns": 1, "conflict_pos_neg": 1, "no_majority": 1}
 
 
 # --------------------------------------------------------------------------- MMSA pickles
 
 
-def mmsa_split(n: int, t_a: int = 6, d_a: int = 3, t_v: int = 4, d_v: int = 5, seed: int = 0, prefix: str = "vid") -> dict:
+def mmsa_split(
+    n: int, t_a: int = 6, d_a: int = 3, t_v: int = 4, d_v: int = 5, seed: int = 0, prefix: str = "vid"
+) -> dict:
     rng = np.random.default_rng(seed)
     return {
         "id": np.array([f"{prefix}$_${i}" for i in range(n)], dtype=object),
@@ -331,7 +350,11 @@ def test_mmsa_pickle(tmp_path):
     assert data.notes["nonfinite_replaced"] == {"audio": 4, "vision": 0}  # 1 in row 0, 3 in row 1
     assert json.loads(row0["meta"])["clip_id"] == "vid$_$0"
     assert [r["id"] for r in data.splits["dev"]] == ["mosi-dev-dev$_$0", "mosi-dev-dev$_$1"]
-    assert reasons(data) == {"mosi-train-vid$_$3": "bad_label", "mosi-train-vid$_$4": "length_mismatch", "mosi-test-tst$_$2": "length_mismatch"}
+    assert reasons(data) == {
+        "mosi-train-vid$_$3": "bad_label",
+        "mosi-train-vid$_$4": "length_mismatch",
+        "mosi-test-tst$_$2": "length_mismatch",
+    }
 
 
 def test_mmsa_sims_file_input_without_lengths(tmp_path):
@@ -376,7 +399,19 @@ def test_reader_output_round_trips_through_parquet(tmp_path):
 
 # --------------------------------------------------------------------------- MELD
 
-MELD_COLUMNS = ["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID", "Season", "Episode", "StartTime", "EndTime"]
+MELD_COLUMNS = [
+    "Sr No.",
+    "Utterance",
+    "Speaker",
+    "Emotion",
+    "Sentiment",
+    "Dialogue_ID",
+    "Utterance_ID",
+    "Season",
+    "Episode",
+    "StartTime",
+    "EndTime",
+]
 
 
 def write_meld_csv(path: Path, rows: list[list]) -> None:
@@ -401,7 +436,9 @@ def make_meld(folder: Path) -> None:
         ],
     )
     write_meld_csv(folder / "dev_sent_emo.csv", [["No.", "Rachel", "anger", "negative", 0, 0]])
-    write_meld_csv(folder / "test_sent_emo.csv", [["Why not\u00e2\u20ac\u2122?", "Phoebe", "sadness", "negative", 5, 3]])
+    write_meld_csv(
+        folder / "test_sent_emo.csv", [["Why not\u00e2\u20ac\u2122?", "Phoebe", "sadness", "negative", 5, 3]]
+    )
 
 
 def test_meld_csv_and_text_repair(tmp_path):
@@ -418,7 +455,11 @@ def test_meld_csv_and_text_repair(tmp_path):
     assert meta["sentiment"] == "negative" and meta["speaker"] == "Monica"
     assert meta["dialogue_id"] == 0 and meta["utterance_id"] == 1 and meta["clip"] == "dia0_utt1.mp4"
     assert data.notes["text_repaired"] == 3
-    assert reasons(data) == {"meld-train-dia1_utt1": "bad_label", "meld-train-dia1_utt2": "empty_text", "meld-train-dia1_utt0": "duplicate_id"}
+    assert reasons(data) == {
+        "meld-train-dia1_utt1": "bad_label",
+        "meld-train-dia1_utt2": "empty_text",
+        "meld-train-dia1_utt0": "duplicate_id",
+    }
     assert train["meld-train-dia1_utt0"]["text"].startswith("Well")  # the first of the two kept
     assert all(r["audio"] is None for rows in data.splits.values() for r in rows)
 
@@ -444,7 +485,10 @@ def test_meld_features_pickle(tmp_path):
     assert np.array(train["meld-train-dia0_utt0"]["vision"]).shape == (2, 5)
     assert train["meld-train-dia0_utt1"]["audio"].tolist() == [[0.0, 1.0, 2.0, 3.0]]
     assert train["meld-train-dia0_utt1"]["vision"][1].tolist() == [1.0, 1.0, 1.0, 0.0, 1.0]
-    assert np.array(train["meld-train-dia1_utt0"]["audio"]).shape == (2, 4) and train["meld-train-dia1_utt0"]["vision"] is None
+    assert (
+        np.array(train["meld-train-dia1_utt0"]["audio"]).shape == (2, 4)
+        and train["meld-train-dia1_utt0"]["vision"] is None
+    )
     assert np.array(data.splits["dev"][0]["vision"]).shape == (1, 5)
     assert data.splits["test"][0]["audio"] is None
     assert data.notes["missing_features"] == 1 and data.notes["unused_features"] == 1

@@ -18,26 +18,39 @@ def png(color) -> bytes:
 
 def comparable(rows):
     """Rows with their feature arrays as (dtype, shape, bytes), so that == compares them exactly."""
+
     def key(name, v):
         if name in schema.FEATURE_COLUMNS and v is not None:
             v = np.asarray(v, dtype=np.float32)  # written as nested lists, read back as float32 arrays
             return (str(v.dtype), v.shape, v.tobytes())
         return v
+
     return [{k: key(k, v) for k, v in row.items()} for row in rows]
 
 
 def sample_dataset(n_train=25) -> PreparedDataset:
     def row(split, i):
         return canonical_row(
-            id=f"t-{split}-{i}", task="msa", text=f"clip {i}", source="test",
-            image=png((i % 255, 0, 0)), audio=[[float(i), 0.5]] * (i % 3 + 1), vision=[[1.0, 2.0, 3.0]],
-            label=schema.SENTIMENT_LABELS[i % 3], score=(i % 7) - 3.0,
+            id=f"t-{split}-{i}",
+            task="msa",
+            text=f"clip {i}",
+            source="test",
+            image=png((i % 255, 0, 0)),
+            audio=[[float(i), 0.5]] * (i % 3 + 1),
+            vision=[[1.0, 2.0, 3.0]],
+            label=schema.SENTIMENT_LABELS[i % 3],
+            score=(i % 7) - 3.0,
             spans=[{"start": 0, "end": 1, "polarity": "positive"}] if i % 2 else None,
         )
 
     return PreparedDataset(
-        source="test", task="msa",
-        splits={"train": [row("train", i) for i in range(n_train)], "dev": [row("dev", i) for i in range(4)], "test": []},
+        source="test",
+        task="msa",
+        splits={
+            "train": [row("train", i) for i in range(n_train)],
+            "dev": [row("dev", i) for i in range(4)],
+            "test": [],
+        },
         rejects=[Reject("train", "bad-1", "test", "missing_image: x.jpg", raw="1\tx.jpg")],
         notes={"dropped": {"missing_image": 1}},
     )

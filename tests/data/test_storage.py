@@ -34,12 +34,17 @@ def test_local_copy_is_refreshed_when_the_prefix_changes(tmp_path, s3_uri):
     # the same size, other bytes (only the ETag tells), one object added: refreshed, same path
     _put(s3_uri, {"config.json": b'{"v": 2}', "weights/b.bin": b"B" * 10})
     assert storage.local_copy(s3_uri, cache_dir=cache) == local
-    assert _tree(local) == {"config.json": b'{"v": 2}', os.path.join("weights", "a.bin"): b"A" * 100,
-                            os.path.join("weights", "b.bin"): b"B" * 10}
+    assert _tree(local) == {
+        "config.json": b'{"v": 2}',
+        os.path.join("weights", "a.bin"): b"A" * 100,
+        os.path.join("weights", "b.bin"): b"B" * 10,
+    }
 
     # an object removed: gone from the copy too
     storage.remove(storage.join(s3_uri, "weights", "a.bin"))
-    assert _tree(storage.local_copy(s3_uri, cache_dir=cache)) == {"config.json": b'{"v": 2}',
-                                                                  os.path.join("weights", "b.bin"): b"B" * 10}
+    assert _tree(storage.local_copy(s3_uri, cache_dir=cache)) == {
+        "config.json": b'{"v": 2}',
+        os.path.join("weights", "b.bin"): b"B" * 10,
+    }
     # no half-finished downloads left beside the copy
     assert sorted(os.listdir(cache)) == [os.path.basename(local)]

@@ -21,8 +21,10 @@ def all_rows(data: schema.PreparedDataset) -> list[dict]:
 
 def comparable(rows: list[dict]) -> list[dict]:
     """Feature arrays (float32 T x D) as (dtype, shape, bytes), so that == compares rows exactly."""
+
     def key(v):
         return (str(v.dtype), v.shape, v.tobytes()) if isinstance(v, np.ndarray) else v
+
     return [{k: key(v) for k, v in row.items()} for row in rows]
 
 
@@ -45,8 +47,13 @@ def msc_big() -> schema.PreparedDataset:
 
 
 def test_format_chain_has_the_exact_shape():
-    fields = {"Text_analysis": 'says "great"', "Image_analysis": "a sun\nover a field", "Conflict_resolution": "none",
-              "Final_conclusion": "positive overall", "Prediction": "positive"}
+    fields = {
+        "Text_analysis": 'says "great"',
+        "Image_analysis": "a sun\nover a field",
+        "Conflict_resolution": "none",
+        "Final_conclusion": "positive overall",
+        "Prediction": "positive",
+    }
     text = format_chain(fields)
     lines = text.split("\n")
     assert len(lines) == 5
@@ -100,7 +107,9 @@ def test_split_counts_sum_to_size(task, size):
     ids = [r["id"] for r in all_rows(data)]
     assert len(set(ids)) == size
     for split in SPLITS:
-        assert [r["id"] for r in data.splits[split]] == [f"synthetic-{task}-{split}-{i:06d}" for i in range(counts[split])]
+        assert [r["id"] for r in data.splits[split]] == [
+            f"synthetic-{task}-{split}-{i:06d}" for i in range(counts[split])
+        ]
 
 
 def test_split_ratios_and_bad_arguments():
@@ -196,7 +205,7 @@ def test_mabsa_spans_index_words(small):
         assert len(row["spans"]) == len(terms)
         for span, term in zip(row["spans"], terms):
             assert 0 <= span["start"] < span["end"] <= len(row["words"])
-            assert " ".join(row["words"][span["start"]:span["end"]]) == term
+            assert " ".join(row["words"][span["start"] : span["end"]]) == term
             assert span["polarity"] in SENTIMENT_LABELS
     assert any(len(r["spans"]) == 2 for r in rows)
 

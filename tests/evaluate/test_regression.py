@@ -62,8 +62,13 @@ def test_values_are_compared_in_float32():
 
 
 def test_emotion_unparseable_and_out_of_range_by_hand():
-    lines = [{"pred": p, "label": g} for p, g in zip(["neutral", "surprise", None, "sadness", 9, "disgust", "anger", "joy"],
-                                                    ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger", "neutral"])]
+    lines = [
+        {"pred": p, "label": g}
+        for p, g in zip(
+            ["neutral", "surprise", None, "sadness", 9, "disgust", "anger", "joy"],
+            ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger", "neutral"],
+        )
+    ]
     m = score.score("meld", lines)
     assert m["acc"] == 0.625  # the null answer counts as class 0 (neutral): wrong for 'fear'
     assert m["weight_F1"] == 0.625  # (2 * 0.5 + 1 + 0 + 1 + 0 + 1 + 1) / 8; class 9 has no support
@@ -87,34 +92,41 @@ def mmsa_mosei(y_pred, y_true):
     """thuiar/MMSA src/MMSA/utils/metricsTop.py __eval_mosei_regression, verbatim but for names."""
     test_preds = y_pred.view(-1).cpu().detach().numpy()
     test_truth = y_true.view(-1).cpu().detach().numpy()
-    test_preds_a7 = np.clip(test_preds, a_min=-3., a_max=3.)
-    test_truth_a7 = np.clip(test_truth, a_min=-3., a_max=3.)
-    test_preds_a5 = np.clip(test_preds, a_min=-2., a_max=2.)
-    test_truth_a5 = np.clip(test_truth, a_min=-2., a_max=2.)
+    test_preds_a7 = np.clip(test_preds, a_min=-3.0, a_max=3.0)
+    test_truth_a7 = np.clip(test_truth, a_min=-3.0, a_max=3.0)
+    test_preds_a5 = np.clip(test_preds, a_min=-2.0, a_max=2.0)
+    test_truth_a5 = np.clip(test_truth, a_min=-2.0, a_max=2.0)
     mae = np.mean(np.absolute(test_preds - test_truth)).astype(np.float64)
     corr = np.corrcoef(test_preds, test_truth)[0][1]
     mult_a7 = _mmsa_multiclass_acc(test_preds_a7, test_truth_a7)
     mult_a5 = _mmsa_multiclass_acc(test_preds_a5, test_truth_a5)
     non_zeros = np.array([i for i, e in enumerate(test_truth) if e != 0])
-    non_zeros_binary_truth = (test_truth[non_zeros] > 0)
-    non_zeros_binary_preds = (test_preds[non_zeros] > 0)
+    non_zeros_binary_truth = test_truth[non_zeros] > 0
+    non_zeros_binary_preds = test_preds[non_zeros] > 0
     non_zeros_acc2 = accuracy_score(non_zeros_binary_preds, non_zeros_binary_truth)
-    non_zeros_f1_score = f1_score(non_zeros_binary_truth, non_zeros_binary_preds, average='weighted')
-    binary_truth = (test_truth >= 0)
-    binary_preds = (test_preds >= 0)
+    non_zeros_f1_score = f1_score(non_zeros_binary_truth, non_zeros_binary_preds, average="weighted")
+    binary_truth = test_truth >= 0
+    binary_preds = test_preds >= 0
     acc2 = accuracy_score(binary_preds, binary_truth)
-    f_score = f1_score(binary_truth, binary_preds, average='weighted')
-    return {"Has0_acc_2": round(acc2, 4), "Has0_F1_score": round(f_score, 4), "Non0_acc_2": round(non_zeros_acc2, 4),
-            "Non0_F1_score": round(non_zeros_f1_score, 4), "Mult_acc_5": round(mult_a5, 4),
-            "Mult_acc_7": round(mult_a7, 4), "MAE": round(mae, 4), "Corr": round(corr, 4)}
+    f_score = f1_score(binary_truth, binary_preds, average="weighted")
+    return {
+        "Has0_acc_2": round(acc2, 4),
+        "Has0_F1_score": round(f_score, 4),
+        "Non0_acc_2": round(non_zeros_acc2, 4),
+        "Non0_F1_score": round(non_zeros_f1_score, 4),
+        "Mult_acc_5": round(mult_a5, 4),
+        "Mult_acc_7": round(mult_a7, 4),
+        "MAE": round(mae, 4),
+        "Corr": round(corr, 4),
+    }
 
 
 def mse_adapter_sims(y_pred, y_true):
     """AZYoung233/MSE-Adapter utils/metricsTop.py __eval_sims_regression (SIMS-V2), verbatim but for names."""
     test_preds = y_pred.view(-1).cpu().detach().numpy()
     test_truth = y_true.view(-1).cpu().detach().numpy()
-    test_preds = np.clip(test_preds, a_min=-1., a_max=1.)
-    test_truth = np.clip(test_truth, a_min=-1., a_max=1.)
+    test_preds = np.clip(test_preds, a_min=-1.0, a_max=1.0)
+    test_truth = np.clip(test_truth, a_min=-1.0, a_max=1.0)
     ms_2 = [-1.01, 0.0, 1.01]
     weak_index_l = np.where(test_truth >= -0.4)[0]
     weak_index_r = np.where(test_truth <= 0.4)[0]
@@ -128,8 +140,11 @@ def mse_adapter_sims(y_pred, y_true):
     for i in range(2):
         test_truth_a2_weak[np.logical_and(test_truth_weak > ms_2[i], test_truth_weak <= ms_2[i + 1])] = i
     out = {}
-    for name, ms in (("Mult_acc_2", [-1.01, 0.0, 1.01]), ("Mult_acc_3", [-1.01, -0.1, 0.1, 1.01]),
-                     ("Mult_acc_5", [-1.01, -0.7, -0.1, 0.1, 0.7, 1.01])):
+    for name, ms in (
+        ("Mult_acc_2", [-1.01, 0.0, 1.01]),
+        ("Mult_acc_3", [-1.01, -0.1, 0.1, 1.01]),
+        ("Mult_acc_5", [-1.01, -0.7, -0.1, 0.1, 0.7, 1.01]),
+    ):
         p, t = test_preds.copy(), test_truth.copy()
         for i in range(len(ms) - 1):
             p[np.logical_and(test_preds > ms[i], test_preds <= ms[i + 1])] = i
@@ -137,7 +152,7 @@ def mse_adapter_sims(y_pred, y_true):
             t[np.logical_and(test_truth > ms[i], test_truth <= ms[i + 1])] = i
         out[name] = _mmsa_multiclass_acc(p, t)
         if name == "Mult_acc_2":
-            out["F1_score"] = f1_score(t, p, average='weighted')
+            out["F1_score"] = f1_score(t, p, average="weighted")
     out["Mult_acc_2_weak"] = _mmsa_multiclass_acc(test_preds_a2_weak, test_truth_a2_weak)
     out["MAE"] = np.mean(np.absolute(test_preds - test_truth))
     out["Corr"] = np.corrcoef(test_preds, test_truth)[0][1]

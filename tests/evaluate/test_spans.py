@@ -68,8 +68,15 @@ def test_conflict_gold_spans_and_empty_denominators():
 
 
 def test_masc_rows_report_sklearn_and_vlp_numbers():
-    lines = [{"pred": p, "label": g} for p, g in
-             [("positive", "positive"), ("negative", "positive"), ("neutral", "neutral"), ("neutral", "negative")]]
+    lines = [
+        {"pred": p, "label": g}
+        for p, g in [
+            ("positive", "positive"),
+            ("negative", "positive"),
+            ("neutral", "neutral"),
+            ("neutral", "negative"),
+        ]
+    ]
     got = score.score("masc", lines)
     assert got["accuracy"] == pytest.approx(0.5) and got["masc_acc"] == pytest.approx(0.5)
     # per class (P, R): positive (1, 1/2), negative (0, 0), neutral (1/2, 1) -> macro P 1/2, R 1/2
@@ -88,8 +95,12 @@ def test_bad_lines_name_the_problem():
 def test_score_command_prints_the_eight_numbers(tmp_path):
     path = tmp_path / "predictions.jsonl"
     path.write_text("".join(json.dumps(p) + "\n" for p in POSTS))
-    out = subprocess.run([sys.executable, "-m", "sentiray.cli", "score", "--task", "mabsa", str(path), "--json"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "sentiray.cli", "score", "--task", "mabsa", str(path), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     values = json.loads(out.strip().splitlines()[-1])
     for key in ("jmasa_p", "jmasa_r", "jmasa_f1", "mate_p", "mate_r", "mate_f1", "masc_acc", "masc_f1"):
         assert key in values
@@ -103,7 +114,7 @@ def test_bio_round_trips_gold_spans():
     rng = random.Random(0)
     for _ in range(500):
         n = rng.randint(0, 12)
-        cuts, words, found = [], 0, []
+        words, found = 0, []
         while words < n:  # random non-overlapping spans, adjacent ones included
             width = rng.randint(1, 3)
             if words + width <= n and rng.random() < 0.5:

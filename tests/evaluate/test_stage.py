@@ -15,11 +15,21 @@ def test_evaluate_writes_report(tmp_path, tiny_models, monkeypatch):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     base = {"storage": {"root": str(tmp_path)}, "tracking": {"experiment": "eval"}}
-    prepare(config.validate({**base, "stage": "data", "data": {"format": "synthetic", "task": "masc", "size": 60, "output": "d"}}))
-    cfg = config.validate({**base, "stage": "evaluate", "data": {"format": "canonical", "input": "d"},
-                           "model": {"path": tiny_models["vlm"]},
-                           "evaluate": {"split": "test", "batch_size": 4, "output": "report"},
-                           "mulcot": {"chain_max_new_tokens": 24}})
+    prepare(
+        config.validate(
+            {**base, "stage": "data", "data": {"format": "synthetic", "task": "masc", "size": 60, "output": "d"}}
+        )
+    )
+    cfg = config.validate(
+        {
+            **base,
+            "stage": "evaluate",
+            "data": {"format": "canonical", "input": "d"},
+            "model": {"path": tiny_models["vlm"]},
+            "evaluate": {"split": "test", "batch_size": 4, "output": "report"},
+            "mulcot": {"chain_max_new_tokens": 24},
+        }
+    )
     summary = stages.run_stage(cfg)
     report = storage.read_json(str(tmp_path / "report" / "report.json"))
     n = report["n"]

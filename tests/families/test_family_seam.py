@@ -73,7 +73,7 @@ class ToyPredictor(Predictor):
         self.net = net
 
     @classmethod
-    def load(cls, folder: str, manifest: dict[str, Any], device: str | None = None) -> "ToyPredictor":
+    def load(cls, folder: str, manifest: dict[str, Any], device: str | None = None) -> ToyPredictor:
         with open(os.path.join(folder, "vocab.json")) as f:
             net = ToyNet(json.load(f))
         net.load_state_dict(torch.load(os.path.join(folder, "toy.pt")))
@@ -111,8 +111,11 @@ class ToyFamily(Family):
         return {"id": row["id"], "text": row["text"], "y": LABELS.index(row["label"])}
 
     def collate(self, examples):
-        return {"ids": [e["id"] for e in examples], "texts": [e["text"] for e in examples],
-                "y": torch.tensor([e["y"] for e in examples])}
+        return {
+            "ids": [e["id"] for e in examples],
+            "texts": [e["text"] for e in examples],
+            "y": torch.tensor([e["y"] for e in examples]),
+        }
 
     def loss(self, model, batch):
         import ray.train
@@ -150,20 +153,43 @@ def ws(tmp_path_factory, ray_cluster):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", store)
         # dev: 21 rows, an odd number, so the ranks' shares differ (11 and 10)
-        prepare(config.validate({"stage": "data", "storage": {"root": str(root)},
-                                 "data": {"format": "synthetic", "task": "msc", "size": 200, "output": "data",
-                                          "split_ratios": [0.8, 0.105, 0.095]}}))
+        prepare(
+            config.validate(
+                {
+                    "stage": "data",
+                    "storage": {"root": str(root)},
+                    "data": {
+                        "format": "synthetic",
+                        "task": "msc",
+                        "size": 200,
+                        "output": "data",
+                        "split_ratios": [0.8, 0.105, 0.095],
+                    },
+                }
+            )
+        )
         yield {"root": root, "store": store}
 
 
 def job(ws, **overrides) -> config.JobConfig:
     raw = {
-        "stage": "train", "storage": {"root": str(ws["root"])}, "tracking": {"experiment": "toy"},
+        "stage": "train",
+        "storage": {"root": str(ws["root"])},
+        "tracking": {"experiment": "toy"},
         "data": {"format": "canonical", "input": "data"},
         "model": {"path": "unused-by-the-toy"},
-        "train": {"family": TOY, "epochs": EPOCHS, "lr": 0.05, "batch_size": BATCH, "grad_accum": ACCUM,
-                  "num_workers": WORKERS, "zero_stage": 2, "log_every": 1, "scheduler": "linear",
-                  "grad_clip": None},
+        "train": {
+            "family": TOY,
+            "epochs": EPOCHS,
+            "lr": 0.05,
+            "batch_size": BATCH,
+            "grad_accum": ACCUM,
+            "num_workers": WORKERS,
+            "zero_stage": 2,
+            "log_every": 1,
+            "scheduler": "linear",
+            "grad_clip": None,
+        },
     }
     return config.validate(config.apply_overrides(raw, [f"{k}={v}" for k, v in overrides.items()]))
 
@@ -184,8 +210,16 @@ def history(ws, run_name: str, key: str) -> list[tuple[int, float]]:
 @pytest.fixture(scope="module")
 def resumed(ws):
     """ZeRO-2 with uneven accumulation, a checkpoint every step keeping one, a fault at step 6."""
-    return run_train(ws, "resumed", **{"train.checkpoint_every": 1, "train.keep_checkpoints": 1,
-                                       "train.inject_fault_at_step": 6, "train.max_failures": 1})
+    return run_train(
+        ws,
+        "resumed",
+        **{
+            "train.checkpoint_every": 1,
+            "train.keep_checkpoints": 1,
+            "train.inject_fault_at_step": 6,
+            "train.max_failures": 1,
+        },
+    )
 
 
 # --------------------------------------------------------------------------- the loop's contract
@@ -229,16 +263,18 @@ def test_a_streamed_run_resumes_at_the_right_row(ws, resumed):
 
 def test_zero3_with_uneven_dev_shards_and_the_loss_is_the_mean_over_ranks(ws):
     # in memory: the rows of each rank come from loop.micro_batches, which the test recomputes
-    summary = run_train(ws, "zero3", **{"train.zero_stage": 3, "train.eval_batch_size": 2, "train.epochs": 1,
-                                        "train.stream": "false"})
+    summary = run_train(
+        ws, "zero3", **{"train.zero_stage": 3, "train.eval_batch_size": 2, "train.epochs": 1, "train.stream": "false"}
+    )
     assert summary["final"]["step"] == STEPS_PER_EPOCH  # finished: no rank waited on the other's gathers
     rows = schema.read_rows(str(ws["root"] / "data"), "train", ["text"])
     batches = [loop.micro_batches(len(rows), r, WORKERS, BATCH, 0, 0) for r in range(WORKERS)]
     logged = dict(history(ws, "zero3", "text_len"))
     for step in range(1, STEPS_PER_EPOCH + 1):
         micro = range((step - 1) * ACCUM, min(step * ACCUM, MICRO_PER_EPOCH))
-        per_batch = [sum(len(rows[i]["text"]) for i in batches[r][m]) / len(batches[r][m])
-                     for r in range(WORKERS) for m in micro]
+        per_batch = [
+            sum(len(rows[i]["text"]) for i in batches[r][m]) / len(batches[r][m]) for r in range(WORKERS) for m in micro
+        ]
         assert logged[step] == pytest.approx(sum(per_batch) / len(per_batch))
         rank0 = per_batch[: len(micro)]
         assert logged[step] != pytest.approx(sum(rank0) / len(rank0))  # not rank 0's alone
@@ -249,10 +285,18 @@ def test_zero3_with_uneven_dev_shards_and_the_loss_is_the_mean_over_ranks(ws):
 
 def test_evaluate_and_the_pyfunc_predict_through_the_family(ws, resumed):
     root = ws["root"]
-    summary = stages.run_stage(config.validate({
-        "stage": "evaluate", "storage": {"root": str(root)}, "tracking": {"experiment": "toy"},
-        "data": {"format": "canonical", "input": "data"}, "model": {"path": resumed["model"]},
-        "evaluate": {"split": "test", "output": "report"}}))
+    summary = stages.run_stage(
+        config.validate(
+            {
+                "stage": "evaluate",
+                "storage": {"root": str(root)},
+                "tracking": {"experiment": "toy"},
+                "data": {"format": "canonical", "input": "data"},
+                "model": {"path": resumed["model"]},
+                "evaluate": {"split": "test", "output": "report"},
+            }
+        )
+    )
     assert summary["metrics"]["accuracy"] > 0.5  # three classes: chance is 1/3
     lines = [json.loads(x) for x in (root / "report" / "predictions.jsonl").read_text().splitlines()]
     test_rows = schema.read_rows(str(root / "data"), "test")

@@ -46,13 +46,26 @@ def ws(tmp_path_factory, tiny_models, ray_cluster):
 
 def job(ws, task="mabsa", stage="train", **overrides) -> config.JobConfig:
     raw = {
-        "stage": stage, "storage": {"root": str(ws["root"])}, "tracking": {"experiment": "lrsa-tests"},
+        "stage": stage,
+        "storage": {"root": str(ws["root"])},
+        "tracking": {"experiment": "lrsa-tests"},
         "data": {"format": "canonical", "input": f"data/{task}"},
         "model": {"path": ws["encoder"], "kind": "encoder"},
         "lrsa": {"vision_model": ws["vision"], "rationale_dropout": 0.3},
-        "train": {"family": "lrsa", "output": f"ckpt/{task}", "epochs": 4, "lr": 3e-3, "batch_size": 8,
-                  "eval_batch_size": 32, "param_groups": {"encoders": {"lr": 1.5e-3}}, "scheduler": "linear",
-                  "num_workers": 2, "zero_stage": 2, "log_every": 4, "keep_checkpoints": 1},
+        "train": {
+            "family": "lrsa",
+            "output": f"ckpt/{task}",
+            "epochs": 4,
+            "lr": 3e-3,
+            "batch_size": 8,
+            "eval_batch_size": 32,
+            "param_groups": {"encoders": {"lr": 1.5e-3}},
+            "scheduler": "linear",
+            "num_workers": 2,
+            "zero_stage": 2,
+            "log_every": 4,
+            "keep_checkpoints": 1,
+        },
     }
     if stage == "evaluate":
         raw.pop("train")
@@ -73,18 +86,31 @@ def run_named(store, name):
 @pytest.fixture(scope="module")
 def mabsa(ws):
     summary = stages.run_stage(job(ws, "mabsa"))
-    report = stages.run_stage(job(ws, "mabsa", stage="evaluate", **{"model.path": summary["model"],
-                                                                     "tracking.run_name": "evaluate-mabsa"}))
+    report = stages.run_stage(
+        job(ws, "mabsa", stage="evaluate", **{"model.path": summary["model"], "tracking.run_name": "evaluate-mabsa"})
+    )
     return summary, report
 
 
 @pytest.fixture(scope="module")
 def masc(ws):
     # ZeRO-3 on one worker, rows in memory (the mabsa run streams them through Ray Data)
-    summary = stages.run_stage(job(ws, "masc", **{"train.num_workers": 1, "train.zero_stage": 3, "train.stream": False,
-                                                  "lrsa.fusion": "gate", "train.epochs": 3}))
-    report = stages.run_stage(job(ws, "masc", stage="evaluate", **{"model.path": summary["model"],
-                                                                   "tracking.run_name": "evaluate-masc"}))
+    summary = stages.run_stage(
+        job(
+            ws,
+            "masc",
+            **{
+                "train.num_workers": 1,
+                "train.zero_stage": 3,
+                "train.stream": False,
+                "lrsa.fusion": "gate",
+                "train.epochs": 3,
+            },
+        )
+    )
+    report = stages.run_stage(
+        job(ws, "masc", stage="evaluate", **{"model.path": summary["model"], "tracking.run_name": "evaluate-masc"})
+    )
     return summary, report
 
 
@@ -112,22 +138,37 @@ def test_report_rescores_to_the_same_numbers_and_lands_in_mlflow(ws, mabsa):
     lines = [json.loads(x) for x in storage.read_text(f"{out}/predictions.jsonl").splitlines()]
     assert len(lines) == len(schema.read_rows(str(ws["root"] / "data" / "mabsa"), "test"))
     assert all(isinstance(x["pred"], list) and isinstance(x["gold"], list) for x in lines)
-    printed = subprocess.run([sys.executable, "-m", "sentiray.cli", "score", "--task", "mabsa",
-                              f"{out}/predictions.jsonl", "--json"], capture_output=True, text=True, check=True).stdout
+    printed = subprocess.run(
+        [sys.executable, "-m", "sentiray.cli", "score", "--task", "mabsa", f"{out}/predictions.jsonl", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rescored = json.loads(printed.strip().splitlines()[-1])
     for key in ("jmasa_p", "jmasa_r", "jmasa_f1", "mate_p", "mate_r", "mate_f1", "masc_acc", "masc_f1"):
         assert rescored[key] == pytest.approx(report["metrics"][key], abs=1e-12)
     client = mlflow.MlflowClient(ws["store"])
     run = run_named(ws["store"], "evaluate-mabsa")
-    assert {"plots/spans.png", "plots/confusion.png"} <= {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/spans.png", "plots/confusion.png"} <= {
+        a.path for a in client.list_artifacts(run.info.run_id, "plots")
+    }
     assert run.data.metrics["jmasa_f1"] == pytest.approx(report["metrics"]["jmasa_f1"])
     assert "JMASA F1" in storage.read_text(f"{out}/report.md")
     # registered as a pyfunc of its family: a DataFrame in, spans out
     assert summary["registered_model"] == "models:/sentiray-lrsa/1"
     model = mlflow.pyfunc.load_model(summary["registered_model"])
     rows = schema.read_rows(str(ws["root"] / "data" / "mabsa"), "test")[:4]
-    frame = pd.DataFrame([{"text": r["text"], "words": r["words"], "text_explanation": r["text_explanation"],
-                           "image_description": r["image_description"]} for r in rows])
+    frame = pd.DataFrame(
+        [
+            {
+                "text": r["text"],
+                "words": r["words"],
+                "text_explanation": r["text_explanation"],
+                "image_description": r["image_description"],
+            }
+            for r in rows
+        ]
+    )
     out_frame = model.predict(frame)
     direct = families.load_predictor(summary["model"]).predict(frame.to_dict(orient="records"))
     assert len(out_frame) == 4 and list(out_frame["spans"]) == [p["spans"] for p in direct]
@@ -149,8 +190,10 @@ def test_masc_learns_well_above_the_majority_and_reads_the_picture(ws, masc):
     preds = predictor.predict(implicit)
     right = sum(p["label"] == r["label"] for p, r in zip(preds, implicit)) / len(implicit)
     bare = predictor.predict(implicit, {"rationales": False})
-    print(f"masc: test {m}, majority {majority:.3f}; image-decided aspects: {right:.3f} with rationales, "
-          f"{sum(p['label'] == r['label'] for p, r in zip(bare, implicit)) / len(implicit):.3f} without")
+    print(
+        f"masc: test {m}, majority {majority:.3f}; image-decided aspects: {right:.3f} with rationales, "
+        f"{sum(p['label'] == r['label'] for p, r in zip(bare, implicit)) / len(implicit):.3f} without"
+    )
     assert right > 0.6, right
 
 
@@ -165,24 +208,29 @@ def test_parameter_groups_give_the_encoders_their_own_rate(ws):
     assert {id(p) for p in groups["encoders"]["params"]} <= encoder_ids
     assert not {id(p) for p in groups["new"]["params"]} & encoder_ids
     # LoRA on the encoder: only its adapters train there, the new layers as before
-    lora = families.create(job(ws, "masc", **{"model.lora.enabled": True, "model.lora.target_modules": "[query,value]"}))
+    lora = families.create(
+        job(ws, "masc", **{"model.lora.enabled": True, "model.lora.target_modules": "[query,value]"})
+    )
     lmodel = lora.build_model()
     trainable = [n for n, p in lmodel.text_encoder.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert lora.param_groups(lmodel)["new"] and all(p.requires_grad for p in lora.param_groups(lmodel)["encoders"])
 
 
-@pytest.mark.parametrize("overrides,expected", [
-    ({"data.input": "data/plain"}, "lrsa.text_rationale_column: "),
-    ({"data.input": "data/plain", "lrsa.rationales": "image"}, "lrsa.image_rationale_column: "),
-    ({"model.kind": "vlm"}, "model.kind: the lrsa family"),
-    ({"lrsa.vision_model": "/nowhere"}, "lrsa.vision_model: no model at /nowhere"),
-    ({"lrsa.vision_model": "null"}, "lrsa.vision_model: required"),
-    ({"train.param_groups.backbone.lr": 1e-4}, "train.param_groups: the lrsa family has the groups"),
-    ({"model.lora.enabled": True}, "model.lora.target_modules: none of"),
-    ({"lrsa.image": "regions"}, "lrsa.region_column: "),
-    ({"data.input": "data/masc", "lrsa.cross_heads": 5}, "lrsa.cross_heads"),
-])
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        ({"data.input": "data/plain"}, "lrsa.text_rationale_column: "),
+        ({"data.input": "data/plain", "lrsa.rationales": "image"}, "lrsa.image_rationale_column: "),
+        ({"model.kind": "vlm"}, "model.kind: the lrsa family"),
+        ({"lrsa.vision_model": "/nowhere"}, "lrsa.vision_model: no model at /nowhere"),
+        ({"lrsa.vision_model": "null"}, "lrsa.vision_model: required"),
+        ({"train.param_groups.backbone.lr": 1e-4}, "train.param_groups: the lrsa family has the groups"),
+        ({"model.lora.enabled": True}, "model.lora.target_modules: none of"),
+        ({"lrsa.image": "regions"}, "lrsa.region_column: "),
+        ({"data.input": "data/masc", "lrsa.cross_heads": 5}, "lrsa.cross_heads"),
+    ],
+)
 def test_bad_config_fails_before_ray_naming_the_field(ws, overrides, expected):
     with pytest.raises(config.ConfigError, match=expected.replace(".", r"\.")):
         stages.run_stage(job(ws, **{"train.output": "ckpt/never", "tracking.enabled": False, **overrides}))

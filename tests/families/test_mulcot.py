@@ -20,14 +20,27 @@ from sentiray.families.mulcot import MulCoTFamily, row_image
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("mulcot")
-    prepare(config.validate({"stage": "data", "storage": {"root": str(root)},
-                             "data": {"format": "synthetic", "task": "msc", "size": 40, "output": "d"}}))
+    prepare(
+        config.validate(
+            {
+                "stage": "data",
+                "storage": {"root": str(root)},
+                "data": {"format": "synthetic", "task": "msc", "size": 40, "output": "d"},
+            }
+        )
+    )
     return root
 
 
 def family(root, tiny_models, **overrides) -> MulCoTFamily:
-    raw = {"stage": "train", "storage": {"root": str(root)}, "data": {"format": "canonical", "input": "d"},
-           "model": {"path": tiny_models["vlm"]}, "train": {}, "mulcot": {"chain_column": "gold_chain"}}
+    raw = {
+        "stage": "train",
+        "storage": {"root": str(root)},
+        "data": {"format": "canonical", "input": "d"},
+        "model": {"path": tiny_models["vlm"]},
+        "train": {},
+        "mulcot": {"chain_column": "gold_chain"},
+    }
     return MulCoTFamily(config.validate(config.apply_overrides(raw, [f"{k}={v}" for k, v in overrides.items()])))
 
 
@@ -39,8 +52,7 @@ def test_a_missing_or_empty_chain_column_fails_in_the_check(data, tiny_models):
     storage.copy_dir(str(data / "d"), str(empty))
     for part in (empty / "train").glob("*.parquet"):
         table = pq.read_table(part)
-        table = table.set_column(table.column_names.index("gold_chain"), "gold_chain",
-                                 [[""] * table.num_rows])
+        table = table.set_column(table.column_names.index("gold_chain"), "gold_chain", [[""] * table.num_rows])
         pq.write_table(table, part)
     with pytest.raises(ConfigError, match=r"column 'gold_chain' of .*empty train is empty in every row"):
         family(data, tiny_models, **{"data.input": str(empty)}).check()
@@ -85,8 +97,9 @@ def test_kd_targets_must_tokenize_alike_and_the_teacher_loads_in_training_precis
     processor = AutoProcessor.from_pretrained(str(teacher))
     processor.tokenizer.backend_tokenizer.normalizer = normalizers.Lowercase()
     processor.save_pretrained(str(teacher))
-    fam = family(data, tiny_models, **{"mulcot.role": "student", "distill.teacher_path": str(teacher),
-                                       "train.precision": "bf16"})
+    fam = family(
+        data, tiny_models, **{"mulcot.role": "student", "distill.teacher_path": str(teacher), "train.precision": "bf16"}
+    )
     fam.build_model()
     assert next(fam.teacher.parameters()).dtype == torch.bfloat16
     row = next(r for r in schema.read_rows(str(data / "d"), "train") if any(c.isupper() for c in r["gold_chain"]))

@@ -2,12 +2,12 @@
 
 import torch
 
+from sentiray import prompts
 from sentiray.data import images, synthetic
 from sentiray.models.generation import Generator
 from sentiray.models.inputs import PromptEncoder
 from sentiray.models.loading import load_model, prepare_for_generation
 from sentiray.models.tiny import NUM_IMAGE_TOKENS
-from sentiray import prompts
 
 
 def rows(n=3):
@@ -31,7 +31,9 @@ def test_encode_masks_prompt_and_padding(tiny_models):
         got = batch["labels"][i][batch["labels"][i] != -100].tolist()
         assert got[-1] == enc.eos_id
     # truncation cuts the target, never the prompt
-    short = enc.encode(prompts.render("chain", r[0]), images.load(r[0]), r[0]["gold_chain"], max_length=items[0].prompt_len + 5)
+    short = enc.encode(
+        prompts.render("chain", r[0]), images.load(r[0]), r[0]["gold_chain"], max_length=items[0].prompt_len + 5
+    )
     assert len(short.input_ids) == items[0].prompt_len + 5
 
 

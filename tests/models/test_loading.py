@@ -9,6 +9,7 @@ import os
 import pytest
 import torch
 from PIL import Image
+
 from sentiray.config import LoraConfig, ModelConfig
 from sentiray.data import storage
 from sentiray.models.loading import (

@@ -25,8 +25,13 @@ def parts(tiny_models, tmp_path_factory):
     for task in ("mabsa", "masc"):
         data = synthetic.generate(task, 40, seed=3)
         rows[task] = [{**r, **synthetic.aspect_rationales(r)} for r in data.splits["train"][:6]]
-    return {"encoder": tiny_models["encoder"], "vision": vision_path, "tokenizer": tokenizer,
-            "processor": processor, "rows": rows}
+    return {
+        "encoder": tiny_models["encoder"],
+        "vision": vision_path,
+        "tokenizer": tokenizer,
+        "processor": processor,
+        "rows": rows,
+    }
 
 
 def build(parts, task="mabsa", **arch_fields):
@@ -48,7 +53,9 @@ def names(model) -> set[str]:
     return {n for n, _ in model.named_parameters()}
 
 
-def changed(rows, column, text="The image shows a plain grey square; it carries no emotion, so the picture is neutral."):
+def changed(
+    rows, column, text="The image shows a plain grey square; it carries no emotion, so the picture is neutral."
+):
     return [{**r, column: text} for r in rows]
 
 
@@ -58,8 +65,12 @@ def changed(rows, column, text="The image shows a plain grey square; it carries 
 def test_dual_attention_runs_both_directions_and_fuses(parts):
     model, inputs = build(parts, cross_layers=2)
     out = run(model, inputs, parts["rows"]["mabsa"])
-    assert {"cross.1.attn_mr.q.weight", "cross.1.attn_rm.q.weight", "summary_proj.weight",
-            "fusion_norm.weight"} <= names(model)
+    assert {
+        "cross.1.attn_mr.q.weight",
+        "cross.1.attn_rm.q.weight",
+        "summary_proj.weight",
+        "fusion_norm.weight",
+    } <= names(model)
     assert len(out["attentions"]) == 2  # one pair of maps per layer
     w_mr, w_rm = out["attentions"][0]
     batch = inputs.collate([inputs.encode(r) for r in parts["rows"]["mabsa"]])
@@ -102,8 +113,10 @@ def test_no_rationales_builds_no_rationale_path(parts):
     assert torch.equal(out["logits"], run(model, inputs, both_changed)["logits"])
 
 
-@pytest.mark.parametrize("which,read,ignored", [("text", "text_explanation", "image_description"),
-                                                ("image", "image_description", "text_explanation")])
+@pytest.mark.parametrize(
+    "which,read,ignored",
+    [("text", "text_explanation", "image_description"), ("image", "image_description", "text_explanation")],
+)
 def test_one_rationale_reads_only_that_one(parts, which, read, ignored):
     model, inputs = build(parts, rationales=which)
     assert model.rationale_type.num_embeddings == 1
@@ -125,7 +138,7 @@ def test_both_rationales_are_read_and_absent_ones_get_no_attention(parts):
     with torch.no_grad():
         w_mr, _ = model(**batch)["attentions"][0]
     l_t = batch["rationale_ids"].shape[1]
-    assert float(w_mr[0, :, 1 + l_t:].abs().max()) == 0.0 and float(w_mr[0, :, :1 + l_t].sum()) > 0
+    assert float(w_mr[0, :, 1 + l_t :].abs().max()) == 0.0 and float(w_mr[0, :, : 1 + l_t].sum()) > 0
 
 
 def test_gate_fusion_is_a_different_model(parts):
@@ -200,8 +213,10 @@ def test_image_inputs_vision_regions_none(parts):
     assert "N x 16" in rinputs.encode(dict(rows[0], image_regions=[[1.0, 2.0]]))["skip"]  # set aside, with why
     plain, pinputs = build(parts, image="none")
     assert plain.vision is None and not hasattr(plain, "image_proj")
-    assert run(plain, pinputs, rows)["logits"].shape[:2] == inputs.collate([inputs.encode(r) for r in rows])[
-        "input_ids"].shape
+    assert (
+        run(plain, pinputs, rows)["logits"].shape[:2]
+        == inputs.collate([inputs.encode(r) for r in rows])["input_ids"].shape
+    )
 
 
 def test_save_and_load_give_the_same_predictions(parts, tmp_path):
@@ -215,8 +230,9 @@ def test_save_and_load_give_the_same_predictions(parts, tmp_path):
 
 def test_lora_adapts_only_the_encoder_and_saves_merged(parts, tmp_path):
     model, inputs = build(parts)
-    model.text_encoder = apply_lora(model.text_encoder, LoraConfig(enabled=True, r=4, target_modules=["query", "value"]),
-                                    language_model_only=False)
+    model.text_encoder = apply_lora(
+        model.text_encoder, LoraConfig(enabled=True, r=4, target_modules=["query", "value"]), language_model_only=False
+    )
     model.eval()  # the adapter's dropout too
     trainable = [n for n, p in model.text_encoder.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)

@@ -5,8 +5,17 @@ import torch
 
 from sentiray.models.mse_adapter import AdapterShape, Layout, MseAdapter, count_trainable
 
-MOSEI = AdapterShape(hidden_size=4096, audio_dim=74, vision_dim=35, width=256, audio_hidden=64, vision_hidden=32,
-                     pseudo_tokens=4, scales=(8, 32, 16), layer_norm=False)
+MOSEI = AdapterShape(
+    hidden_size=4096,
+    audio_dim=74,
+    vision_dim=35,
+    width=256,
+    audio_hidden=64,
+    vision_hidden=32,
+    pseudo_tokens=4,
+    scales=(8, 32, 16),
+    layer_norm=False,
+)
 
 
 def test_paper_parameter_count_at_mosei_sizes():
@@ -65,7 +74,9 @@ def test_packed_sequences_ignore_padding_frames_and_text_padding():
 
 
 def test_pseudo_tokens_are_alpha_h_plus_beta():
-    adapter = MseAdapter(AdapterShape(32, 5, 3, width=16, audio_hidden=8, vision_hidden=4, pseudo_tokens=4, scales=(8, 4, 2)))
+    adapter = MseAdapter(
+        AdapterShape(32, 5, 3, width=16, audio_hidden=8, vision_hidden=4, pseudo_tokens=4, scales=(8, 4, 2))
+    )
     text, mask, audio, la, vision, lv = _inputs(d=32)
     out = adapter(text, mask, audio, la, vision, lv)
     a, v = adapter.audio(audio, la), adapter.vision(vision, lv)

@@ -23,7 +23,9 @@ def test_log_register_resolve_and_predict(tiny_models, tmp_path, monkeypatch):
     for (n1, p1), (_, p2) in zip(model.state_dict().items(), original.state_dict().items()):
         assert (p1 == p2).all(), n1
     rows = synthetic.generate("msc", 10, seed=1).splits["train"][:3]
-    df = pd.DataFrame([{"text": r["text"], "image": base64.b64encode(r["image"]).decode(), "task": "msc"} for r in rows])
+    df = pd.DataFrame(
+        [{"text": r["text"], "image": base64.b64encode(r["image"]).decode(), "task": "msc"} for r in rows]
+    )
     pred = mlflow.pyfunc.load_model("models:/tiny-student/1").predict(df)
     assert list(pred.columns) == ["label", "prob_positive", "prob_neutral", "prob_negative"]
     assert len(pred) == 3

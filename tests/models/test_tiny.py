@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 from PIL import Image
+
 from sentiray.models import tiny
 from sentiray.models.tokenizer import (
     IM_END,

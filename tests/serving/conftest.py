@@ -19,6 +19,7 @@ from tests.conftest import free_port
 @pytest.fixture(scope="session")
 def serve_base(ray_cluster):
     from ray import serve
+
     from sentiray.serving.app import start_serve
 
     url = start_serve("127.0.0.1", free_port())
@@ -55,7 +56,11 @@ def png(width: int, height: int, noise: bool = False, fmt: str = "PNG") -> bytes
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8) if noise else np.full((height, width, 3), 128, np.uint8)
+    pixels = (
+        rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        if noise
+        else np.full((height, width, 3), 128, np.uint8)
+    )
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format=fmt)
     return buf.getvalue()

@@ -13,10 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 import torch
+
 from sentiray import prompts
 from sentiray.data import images
 from sentiray.serving.app import IMPORT_PATH
-
 from tests.serving.conftest import b64, deploy, png
 
 pytestmark = pytest.mark.slow
@@ -47,14 +47,28 @@ def api(serve_base, tiny_models, tmp_path_factory):
             "max_ongoing_requests": 8,
             "max_queued_requests": 16,
             "limits": {
-                "max_body_bytes": 400_000, "max_text_chars": 500, "max_aspect_chars": 40,
-                "max_image_bytes": 100_000, "max_image_side": 256, "image_formats": ["PNG", "JPEG"],
-                "min_image_side": 4, "max_image_pixels": 40_000, "max_image_aspect_ratio": 20,
-                "max_feature_frames": 50, "max_feature_dim": 16, "max_new_tokens": 64, "max_messages": 8,
+                "max_body_bytes": 400_000,
+                "max_text_chars": 500,
+                "max_aspect_chars": 40,
+                "max_image_bytes": 100_000,
+                "max_image_side": 256,
+                "image_formats": ["PNG", "JPEG"],
+                "min_image_side": 4,
+                "max_image_pixels": 40_000,
+                "max_image_aspect_ratio": 20,
+                "max_feature_frames": 50,
+                "max_feature_dim": 16,
+                "max_new_tokens": 64,
+                "max_messages": 8,
             },
         },
         # The key reaches the replica through its environment, as on a cluster.
-        "deployments": [{"name": "SentimentModel", "ray_actor_options": {"num_cpus": 1, "runtime_env": {"env_vars": {KEY_ENV: KEY}}}}],
+        "deployments": [
+            {
+                "name": "SentimentModel",
+                "ray_actor_options": {"num_cpus": 1, "runtime_env": {"env_vars": {KEY_ENV: KEY}}},
+            }
+        ],
     }
     url = deploy(tmp_path_factory.mktemp("api"), serve_base, application)
     yield url
@@ -89,7 +103,10 @@ def test_probes_models_schema_and_api_key(api):
         assert r.status_code == 401
     r = requests.post(f"{api}/v1/sentiment", json={"text": "hi"}, timeout=10)
     assert r.status_code == 401 and r.headers["WWW-Authenticate"] == "Bearer"
-    assert requests.post(f"{api}/v1/sentiment", json={"text": "hi"}, headers={"X-API-Key": KEY}, timeout=30).status_code == 200
+    assert (
+        requests.post(f"{api}/v1/sentiment", json={"text": "hi"}, headers={"X-API-Key": KEY}, timeout=30).status_code
+        == 200
+    )
 
     models = requests.get(f"{api}/v1/models", headers=AUTH, timeout=10).json()
     assert [m["id"] for m in models["data"]] == ["sentiray-student"]
@@ -100,7 +117,14 @@ def test_probes_models_schema_and_api_key(api):
     fields = schema["components"]["schemas"]["SentimentRequest"]["properties"]
     assert {"text", "image", "aspect", "audio", "vision", "chain", "max_tokens", "model"} == set(fields)
     assert set(schema["components"]["schemas"]["SentimentResponse"]["properties"]) == {
-        "label", "probabilities", "chain", "chain_label", "model", "timings", "warnings"}
+        "label",
+        "probabilities",
+        "chain",
+        "chain_label",
+        "model",
+        "timings",
+        "warnings",
+    }
 
 
 # --------------------------------------------------------------------------- /v1/sentiment
@@ -119,7 +143,9 @@ def test_sentiment_matches_the_model_in_process(api, posts, local, tiny_models):
     assert body["model"] == {"id": "sentiray-student", "name": "vlm", "version": None}
     assert tiny_models["vlm"] not in r.text
     row = {"text": post_["text"], "task": "msc"}
-    expected = torch.softmax(local.label_logprobs([prompts.render("label", row)], [images.decode(post_["image"])], LABELS), -1)[0]
+    expected = torch.softmax(
+        local.label_logprobs([prompts.render("label", row)], [images.decode(post_["image"])], LABELS), -1
+    )[0]
     assert [round(p, 4) for p in probs.values()] == [round(p, 4) for p in expected.tolist()]
     t = body["timings"]
     assert t["batch_size"] >= 1 and 0 < t["model_ms"] < t["total_ms"] and 0 <= t["queue_ms"] < t["total_ms"]
@@ -133,8 +159,14 @@ def test_sentiment_matches_the_model_in_process(api, posts, local, tiny_models):
 
 def test_sentiment_with_chain_and_features(api, posts, local):
     post_ = posts[1]
-    body = {"text": post_["text"], "image": "data:image/png;base64," + b64(post_["image"]), "chain": True, "max_tokens": 12,
-            "audio": [[0.1] * 8] * 10, "vision": [[1, 2, 3]] * 4}
+    body = {
+        "text": post_["text"],
+        "image": "data:image/png;base64," + b64(post_["image"]),
+        "chain": True,
+        "max_tokens": 12,
+        "audio": [[0.1] * 8] * 10,
+        "vision": [[1, 2, 3]] * 4,
+    }
     r = post(f"{api}/v1/sentiment", body)
     assert r.status_code == 200, r.text
     out = r.json()
@@ -171,13 +203,18 @@ def test_a_bad_input_inside_a_batch_fails_alone(api, posts, local):
     good = posts[5:8]
     bodies = [{"text": p["text"], "image": b64(p["image"])} for p in good] + [{"text": "x", "image": b64(truncated)}]
     prompts_ = [prompts.render("label", {"text": p["text"], "task": "msc"}) for p in good]
-    expected = torch.softmax(local.label_logprobs(prompts_, [images.decode(p["image"]) for p in good], LABELS), -1).tolist()
+    expected = torch.softmax(
+        local.label_logprobs(prompts_, [images.decode(p["image"]) for p in good], LABELS), -1
+    ).tolist()
     shared = 0
     for _ in range(10):  # rounds of four sent at once, until the bad one shared batches with good ones
         with ThreadPoolExecutor(4) as pool:
             *oks, bad = pool.map(lambda b: post(f"{api}/v1/sentiment", b), bodies)
         assert bad.status_code == 422, bad.text
-        assert "image file is truncated" in bad.json()["error"]["message"] and bad.json()["error"]["code"] == "unprocessable_input"
+        assert (
+            "image file is truncated" in bad.json()["error"]["message"]
+            and bad.json()["error"]["code"] == "unprocessable_input"
+        )
         assert [r.status_code for r in oks] == [200, 200, 200], [r.text for r in oks]
         for reply, row in zip(oks, expected):
             assert max(abs(a - b) for a, b in zip(reply.json()["probabilities"].values(), row)) < 1e-4
@@ -201,7 +238,13 @@ def test_openai_client_chat_and_streaming(api, posts, local):
     image_url = "data:image/png;base64," + b64(posts[2]["image"])
     messages = [
         {"role": "system", "content": "You judge sentiment."},
-        {"role": "user", "content": [{"type": "text", "text": posts[2]["text"]}, {"type": "image_url", "image_url": {"url": image_url}}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": posts[2]["text"]},
+                {"type": "image_url", "image_url": {"url": image_url}},
+            ],
+        },
     ]
     done = client.chat.completions.create(model="sentiray-student", messages=messages, max_tokens=10)
     expected = local.generate([posts[2]["text"]], [images.decode(posts[2]["image"])], max_new_tokens=10)[0]
@@ -212,8 +255,9 @@ def test_openai_client_chat_and_streaming(api, posts, local):
     assert done.choices[0].finish_reason == ("length" if expected.new_tokens == 10 else "stop")
     assert done.system_fingerprint == "vlm"
 
-    stream = client.chat.completions.create(model="sentiray-student", messages=messages, max_tokens=10, stream=True,
-                                            stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model="sentiray-student", messages=messages, max_tokens=10, stream=True, stream_options={"include_usage": True}
+    )
     chunks = list(stream)
     deltas = [c.choices[0].delta.content or "" for c in chunks if c.choices]
     assert "".join(deltas) == expected.text  # streamed piece by piece, the same greedy answer
@@ -228,7 +272,12 @@ def test_openai_client_chat_and_streaming(api, posts, local):
 
 
 def test_server_sent_events_on_the_wire(api):
-    body = {"model": "sentiray-student", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 6, "stream": True}
+    body = {
+        "model": "sentiray-student",
+        "messages": [{"role": "user", "content": "hello there"}],
+        "max_tokens": 6,
+        "stream": True,
+    }
     with post(f"{api}/v1/chat/completions", body, stream=True) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         lines = [line for line in r.iter_lines(decode_unicode=True) if line]
@@ -271,8 +320,18 @@ BAD = [
     # What processors need, checked from the header before the model sees the image.
     ("sentiment", {"text": "x", "image": b64(png(3, 40))}, 422, "image: 3x40 pixels, each side needs at least 4"),
     ("sentiment", {"text": "x", "image": b64(png(250, 200))}, 422, "image: 50000 pixels (250x200), the limit is 40000"),
-    ("sentiment", {"text": "x", "image": b64(png(210, 10))}, 422, "image: 210x10 pixels, aspect ratio 21.0, the limit is 20"),
-    ("sentiment", {"text": "x", "model": "other"}, 404, "model 'other' is not served here; this endpoint serves 'sentiray-student'"),
+    (
+        "sentiment",
+        {"text": "x", "image": b64(png(210, 10))},
+        422,
+        "image: 210x10 pixels, aspect ratio 21.0, the limit is 20",
+    ),
+    (
+        "sentiment",
+        {"text": "x", "model": "other"},
+        404,
+        "model 'other' is not served here; this endpoint serves 'sentiray-student'",
+    ),
     ("sentiment", {"text": "x", "audio": [[1.0, 2.0], [3.0]]}, 422, "audio: frame 1 has 1 numbers, frame 0 has 2"),
     ("sentiment", {"text": "x", "audio": [[0.0] * 4] * 51}, 422, "audio: 51 frames, the limit is 50"),
     ("sentiment", {"text": "x", "vision": [[0.0] * 17]}, 422, "vision: 17 numbers per frame, the limit is 16"),
@@ -286,12 +345,36 @@ BAD = [
     ("chat", _chat(messages=[]), 422, "messages: List should have at least 1 item"),
     ("chat", _chat(messages=[{"role": "system", "content": "be nice"}]), 400, "no message with role 'user'"),
     ("chat", _chat(messages=[{"role": "user", "content": "hi"}] * 9), 422, "9 messages, the limit is 8"),
-    ("chat", _chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]),
-     400, "image URLs are not fetched"),
-    ("chat", _chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + b64(png(8, 8))}}] * 2}]),
-     400, "2 images, this model takes one per request"),
-    ("chat", _chat(messages=[{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]}]),
-     422, "does not match any of the expected tags"),
+    (
+        "chat",
+        _chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]),
+        400,
+        "image URLs are not fetched",
+    ),
+    (
+        "chat",
+        _chat(
+            messages=[
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + b64(png(8, 8))}}]
+                    * 2,
+                }
+            ]
+        ),
+        400,
+        "2 images, this model takes one per request",
+    ),
+    (
+        "chat",
+        _chat(
+            messages=[
+                {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]}
+            ]
+        ),
+        422,
+        "does not match any of the expected tags",
+    ),
     ("chat", _chat(messages=[{"role": "user", "content": ""}]), 400, "no text and no image"),
     ("chat", _chat(n=2), 400, "only n=1 is supported"),
     ("chat", _chat(max_tokens=100), 422, "max_tokens: 100 tokens asked, the limit is 64"),

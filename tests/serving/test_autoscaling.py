@@ -9,9 +9,9 @@ import threading
 import time
 
 import pytest
+
 from sentiray.clients import loadtest
 from sentiray.serving.app import IMPORT_PATH
-
 from tests.serving.conftest import deploy
 
 pytestmark = pytest.mark.slow
@@ -33,13 +33,23 @@ def scaled(serve_base, tiny_models, tmp_path_factory):
         "name": "scale",
         "route_prefix": "/scale",
         "import_path": IMPORT_PATH,
-        "args": {"model": tiny_models["vlm"], "max_batch_size": 4, "batch_wait_timeout_s": 0.01, "max_ongoing_requests": 8},
+        "args": {
+            "model": tiny_models["vlm"],
+            "max_batch_size": 4,
+            "batch_wait_timeout_s": 0.01,
+            "max_ongoing_requests": 8,
+        },
         "deployments": [
             {
                 "name": "SentimentModel",
                 "autoscaling_config": {
-                    "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2,
-                    "upscale_delay_s": 0.5, "downscale_delay_s": 2, "look_back_period_s": 1, "metrics_interval_s": 0.25,
+                    "min_replicas": 1,
+                    "max_replicas": 2,
+                    "target_ongoing_requests": 2,
+                    "upscale_delay_s": 0.5,
+                    "downscale_delay_s": 2,
+                    "look_back_period_s": 1,
+                    "metrics_interval_s": 0.25,
                 },
                 "ray_actor_options": {"num_cpus": 1, "runtime_env": {"env_vars": FAST_METRICS}},
             },
@@ -59,7 +69,9 @@ def running_replicas() -> int:
 def wait_for(replicas: int, timeout_s: float) -> float:
     start = time.monotonic()
     while running_replicas() != replicas:
-        assert time.monotonic() - start < timeout_s, f"not {replicas} replicas after {timeout_s} s (now {running_replicas()})"
+        assert time.monotonic() - start < timeout_s, (
+            f"not {replicas} replicas after {timeout_s} s (now {running_replicas()})"
+        )
         time.sleep(0.2)
     return time.monotonic() - start
 
@@ -97,8 +109,19 @@ def test_loadtest_command_prints_rate_and_percentiles(scaled, tmp_path, capsys):
     payload.write_text(json.dumps({"text": "what a lovely day"}))
     parser = argparse.ArgumentParser()
     loadtest.add_commands(parser.add_subparsers())
-    args = parser.parse_args(["loadtest", f"{scaled}/v1/sentiment", "--concurrency", "2", "--duration", "2",
-                              "--payload", str(payload), "--json"])
+    args = parser.parse_args(
+        [
+            "loadtest",
+            f"{scaled}/v1/sentiment",
+            "--concurrency",
+            "2",
+            "--duration",
+            "2",
+            "--payload",
+            str(payload),
+            "--json",
+        ]
+    )
     assert args.func(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["ok"] == out["requests"] > 5 and out["errors"] == {}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from sentiray.config import ConfigError, ServeAppConfig
 from sentiray.serving.app import IMPORT_PATH, app_config, build_app, serve_config_file
 
@@ -19,6 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_shipped_serve_configs_are_valid(path):
     """Valid for Ray (what `serve run` checks), for our args schema, and naming our deployment."""
     from ray.serve.schema import ServeDeploySchema
+
     from sentiray.serving.app import MODEL_DEPLOYMENT
 
     schema = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
@@ -41,9 +43,20 @@ def test_shipped_serve_configs_are_valid(path):
 
 
 def test_build_app_sets_the_deployment_options_from_args():
-    app = build_app({"model": "models:/student/3", "family": "mulcot", "max_batch_size": 4, "retry_after_s": 2,
-                     "max_ongoing_requests": 12, "max_queued_requests": 5, "min_replicas": 2, "max_replicas": 3,
-                     "num_gpus": 0.5, "access_log": False})
+    app = build_app(
+        {
+            "model": "models:/student/3",
+            "family": "mulcot",
+            "max_batch_size": 4,
+            "retry_after_s": 2,
+            "max_ongoing_requests": 12,
+            "max_queued_requests": 5,
+            "min_replicas": 2,
+            "max_replicas": 3,
+            "num_gpus": 0.5,
+            "access_log": False,
+        }
+    )
     from ray.serve._private.build_app import build_app as serve_build
 
     (model,) = serve_build(app, name="x").deployments
@@ -64,7 +77,11 @@ BAD_ARGS = [
     ({"model": "m", "max_batch_size": 32, "max_ongoing_requests": 8}, [], "never hold enough requests"),
     ({"model": "m", "limits": {"max_text_chars": 0}}, [], "limits.max_text_chars: Input should be greater than 0"),
     ({"model": "m", "limits": {"max_new_tokens": 100}}, [], "chat_max_new_tokens (256) > limits.max_new_tokens (100)"),
-    ({"model": "m", "limits": {"min_image_side": 64, "max_image_side": 32}}, [], "min_image_side (64) > max_image_side (32)"),
+    (
+        {"model": "m", "limits": {"min_image_side": 64, "max_image_side": 32}},
+        [],
+        "min_image_side (64) > max_image_side (32)",
+    ),
     ({}, [], "model: Field required"),
     ({"model": "m", "models": {"a": "m"}}, [], "give one model, or several models by id, not both"),
     ({"models": {"a b": "m"}}, [], "models: id 'a b' must start with a letter or digit"),
@@ -76,7 +93,11 @@ BAD_ARGS = [
     ({"model": "m", "chain_max_new_tokens": 64}, [], "chain_max_new_tokens: moved, now endpoint.chain_max_new_tokens"),
     # The family's endpoint settings, checked by its schema once the family is known.
     ({"model": "VLM", "endpoint": {"chain_tokens": 8}}, [], "endpoint.chain_tokens: unknown key"),
-    ({"model": "VLM", "endpoint": {"chain_max_new_tokens": 600}}, [], "endpoint.chain_max_new_tokens: chain_max_new_tokens (600) > limits.max_new_tokens (512)"),
+    (
+        {"model": "VLM", "endpoint": {"chain_max_new_tokens": 600}},
+        [],
+        "endpoint.chain_max_new_tokens: chain_max_new_tokens (600) > limits.max_new_tokens (512)",
+    ),
     ({"model": "VLM", "family": "lrsa2"}, [], "family: unknown family 'lrsa2'; known: ["),
 ]
 
@@ -91,10 +112,16 @@ def test_bad_args_fail_before_ray_starts(tmp_path, tiny_models, args, overrides,
     assert message in str(err.value) and "application 'a' args" in str(err.value), str(err.value)
 
 
-@pytest.mark.parametrize("deployment, message", [
-    ({"name": "Ingress", "num_replicas": 1}, "no deployment 'Ingress'; it has one, 'SentimentModel' (the ingress is gone"),
-    ({"name": "SentimentModel", "max_queued_requests": 5}, "set max_queued_requests in args"),
-])
+@pytest.mark.parametrize(
+    "deployment, message",
+    [
+        (
+            {"name": "Ingress", "num_replicas": 1},
+            "no deployment 'Ingress'; it has one, 'SentimentModel' (the ingress is gone",
+        ),
+        ({"name": "SentimentModel", "max_queued_requests": 5}, "set max_queued_requests in args"),
+    ],
+)
 def test_deployment_entries_of_the_old_layout_are_refused(tmp_path, tiny_models, deployment, message):
     app = {"name": "a", "import_path": IMPORT_PATH, "args": {"model": tiny_models["vlm"]}, "deployments": [deployment]}
     path = tmp_path / "serve.yaml"
@@ -151,7 +178,9 @@ def test_overrides_reach_args_and_the_user_config_that_wins_over_them(tmp_path, 
     from sentiray.serving.app import load_serve_config
 
     vlm = tiny_models["vlm"]
-    schema = load_serve_config(str(REPO / "serve" / "student.yaml"), [f"model={vlm}", "max_batch_size=4", "limits.max_text_chars=99"])
+    schema = load_serve_config(
+        str(REPO / "serve" / "student.yaml"), [f"model={vlm}", "max_batch_size=4", "limits.max_text_chars=99"]
+    )
     (application,) = schema.applications
     assert application.args["model"] == vlm and application.args["limits"]["max_text_chars"] == 99
     assert application.args["family"] == "mulcot"  # read from the model on the driver
@@ -165,7 +194,9 @@ def test_overrides_reach_args_and_the_user_config_that_wins_over_them(tmp_path, 
     (model,) = [d for d in application.deployments if d.name == "SentimentModel"]
     assert model.user_config["model"] == application.args["model"] == tiny_vlm_b
     # A user_config model that holds none fails like args.model would.
-    text = text.replace(f"model: {vlm}", "model: /nonexistent/swap").replace("model: models:/sentiray-student/latest", f"model: {vlm}")
+    text = text.replace(f"model: {vlm}", "model: /nonexistent/swap").replace(
+        "model: models:/sentiray-student/latest", f"model: {vlm}"
+    )
     path.write_text(text)
     with pytest.raises(ConfigError, match="user_config:\n  model: no folder '/nonexistent/swap'"):
         load_serve_config(str(path))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from sentiray.serving.demo_step import DEMO_APP, serve_and_query
 
 pytestmark = pytest.mark.slow

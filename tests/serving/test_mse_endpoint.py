@@ -40,11 +40,16 @@ def adapters(tiny_models, tmp_path_factory):
     for seed, (model_id, (task, widths)) in enumerate(ADAPTERS.items()):
         data = synthetic.generate(task, 30, seed=seed)
         schema.write_dataset(data, str(root / "data" / task))
-        cfg = config.validate({
-            "stage": "train", "storage": {"root": str(root)}, "data": {"format": "canonical", "input": f"data/{task}"},
-            "model": {"path": tiny_models["causal_lm"], "kind": "causal_lm"},
-            "mse_adapter": {**ADAPTER, "audio_dim": widths["audio"], "vision_dim": widths["vision"]},
-            "train": {"family": "mse_adapter", "output": f"ckpt/{task}"}})
+        cfg = config.validate(
+            {
+                "stage": "train",
+                "storage": {"root": str(root)},
+                "data": {"format": "canonical", "input": f"data/{task}"},
+                "model": {"path": tiny_models["causal_lm"], "kind": "causal_lm"},
+                "mse_adapter": {**ADAPTER, "audio_dim": widths["audio"], "vision_dim": widths["vision"]},
+                "train": {"family": "mse_adapter", "output": f"ckpt/{task}"},
+            }
+        )
         family = families.create(cfg)
         torch.manual_seed(seed)
         model = family.build_model()
@@ -53,9 +58,14 @@ def adapters(tiny_models, tmp_path_factory):
         family.export(model.eval(), str(folder))
         families.write_manifest(str(folder), family.manifest(), type(family))
         folders[model_id] = str(folder)
-        rows[model_id] = [{"text": r["text"], "audio": r["audio"][:, : widths["audio"]].tolist(),
-                           "vision": r["vision"][:, : widths["vision"]].tolist()}
-                          for r in data.splits["train"][:6]]
+        rows[model_id] = [
+            {
+                "text": r["text"],
+                "audio": r["audio"][:, : widths["audio"]].tolist(),
+                "vision": r["vision"][:, : widths["vision"]].tolist(),
+            }
+            for r in data.splits["train"][:6]
+        ]
     return folders, rows
 
 
@@ -67,8 +77,14 @@ def mse(serve_base, adapters, tmp_path_factory):
         "name": "mse",
         "route_prefix": "/mse",
         "import_path": IMPORT_PATH,
-        "args": {"models": adapters[0], "max_models_per_replica": 2, "min_replicas": 1, "max_replicas": 1,
-                 "max_batch_size": 8, "limits": {"max_feature_frames": MAX_FRAMES}},
+        "args": {
+            "models": adapters[0],
+            "max_models_per_replica": 2,
+            "min_replicas": 1,
+            "max_replicas": 1,
+            "max_batch_size": 8,
+            "limits": {"max_feature_frames": MAX_FRAMES},
+        },
     }
     url = deploy(tmp_path_factory.mktemp("mse"), serve_base, application)
     yield url
@@ -92,8 +108,15 @@ def check_answer(answer, model_id, row, local):
     import numpy as np
 
     assert answer["model"] == {"id": model_id, "name": model_id, "version": None}
-    expected = local[model_id].predict([{"text": row["text"], "audio": np.asarray(row["audio"], np.float32),
-                                         "vision": np.asarray(row["vision"], np.float32)}])[0]
+    expected = local[model_id].predict(
+        [
+            {
+                "text": row["text"],
+                "audio": np.asarray(row["audio"], np.float32),
+                "vision": np.asarray(row["vision"], np.float32),
+            }
+        ]
+    )[0]
     if ADAPTERS[model_id][0] == "msa":
         assert answer["task"] == "msa" and answer["label"] is None and answer["probabilities"] is None
         assert isinstance(answer["score"], float) and math.isfinite(answer["score"])
@@ -123,8 +146,16 @@ def test_two_adapters_answer_from_one_replica_and_one_backbone(mse, adapters, lo
     # Then mixed traffic for both (header and body field), all at once: still that one backbone.
     calls = [(m, i, how) for i in range(1, 5) for m in ADAPTERS for how in ("header", "body")]
     with ThreadPoolExecutor(6) as pool:
-        replies = list(pool.map(lambda c: sentiment(mse, rows[c[0]][c[1]], c[0]) if c[2] == "header"
-                                else sentiment(mse, {**rows[c[0]][c[1]], "model": c[0]}), calls))
+        replies = list(
+            pool.map(
+                lambda c: (
+                    sentiment(mse, rows[c[0]][c[1]], c[0])
+                    if c[2] == "header"
+                    else sentiment(mse, {**rows[c[0]][c[1]], "model": c[0]})
+                ),
+                calls,
+            )
+        )
     for (model_id, i, _), reply in zip(calls, replies):
         assert reply.status_code == 200, reply.text
         answer = reply.json()
@@ -167,8 +198,12 @@ def _bad(rows):
         ("mosei", {**good, "vision": nan_vision}, 422, "vision[3][1]: Input should be a finite number"),
         ("mosei", {**good, "audio": inf_audio}, 422, "audio[0][0]: Input should be a finite number"),
         ("mosei", {**good, "vision": huge}, 422, "vision: frame 2 holds a value beyond float32's range"),
-        ("mosei", {**good, "audio": [good["audio"][0]] * (MAX_FRAMES + 1)}, 422,
-         f"audio: {MAX_FRAMES + 1} frames, the limit is {MAX_FRAMES}"),
+        (
+            "mosei",
+            {**good, "audio": [good["audio"][0]] * (MAX_FRAMES + 1)},
+            422,
+            f"audio: {MAX_FRAMES + 1} frames, the limit is {MAX_FRAMES}",
+        ),
         ("meld", {k: v for k, v in erc.items() if k != "vision"}, 422, "vision: missing; this adapter reads vision"),
         ("mosei", {**good, "audio": []}, 422, "audio: an empty sequence"),
         ("mosei", {**good, "audio": ragged}, 422, "audio: frame 1 has 19 numbers"),

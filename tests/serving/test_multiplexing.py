@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from sentiray.serving.app import IMPORT_PATH
 
+from sentiray.serving.app import IMPORT_PATH
 from tests.serving.conftest import b64, deploy
 
 pytestmark = pytest.mark.slow
@@ -25,8 +25,13 @@ def multi(serve_base, tiny_models, tiny_vlm_b, tmp_path_factory):
         "name": "multi",
         "route_prefix": "/multi",
         "import_path": IMPORT_PATH,
-        "args": {"models": {"a": tiny_models["vlm"], "b": tiny_vlm_b}, "max_models_per_replica": 2,
-                 "min_replicas": 1, "max_replicas": 1, "max_batch_size": 4},
+        "args": {
+            "models": {"a": tiny_models["vlm"], "b": tiny_vlm_b},
+            "max_models_per_replica": 2,
+            "min_replicas": 1,
+            "max_replicas": 1,
+            "max_batch_size": 4,
+        },
     }
     url = deploy(tmp_path_factory.mktemp("multi"), serve_base, application)
     yield url
@@ -56,8 +61,14 @@ def test_each_request_is_answered_by_the_model_it_names(multi, local, posts):
     # Mixed traffic, by header and by body field, all at once on the one replica.
     calls = [("a", "header"), ("b", "header"), ("a", "body"), ("b", "body")] * 3
     with ThreadPoolExecutor(6) as pool:
-        replies = list(pool.map(lambda c: sentiment(multi, body, c[0]) if c[1] == "header"
-                                else sentiment(multi, {**body, "model": c[0]}), calls))
+        replies = list(
+            pool.map(
+                lambda c: (
+                    sentiment(multi, body, c[0]) if c[1] == "header" else sentiment(multi, {**body, "model": c[0]})
+                ),
+                calls,
+            )
+        )
     for (model, _), reply in zip(calls, replies):
         assert reply.status_code == 200, reply.text
         answer = reply.json()
@@ -79,7 +90,10 @@ def test_unknown_missing_or_conflicting_ids(multi, posts):
     r = sentiment(multi, body)
     assert r.status_code == 400 and "model: name one of ['a', 'b']" in r.json()["error"]["message"]
     r = sentiment(multi, {**body, "model": "b"}, "a")
-    assert r.status_code == 400 and "the body names 'b', the serve_multiplexed_model_id header 'a'" in r.json()["error"]["message"]
+    assert (
+        r.status_code == 400
+        and "the body names 'b', the serve_multiplexed_model_id header 'a'" in r.json()["error"]["message"]
+    )
 
 
 def test_openai_routes_list_and_use_every_model(multi, local):
@@ -92,6 +106,8 @@ def test_openai_routes_list_and_use_every_model(multi, local):
         done = client.chat.completions.create(model=model, messages=messages, max_tokens=8)
         expected = local[model].generate([messages[0]["content"]], [None], max_new_tokens=8)[0]
         assert done.model == model and done.choices[0].message.content == expected.text
-        assert done.usage.completion_tokens == expected.new_tokens and done.usage.prompt_tokens == expected.prompt_tokens
+        assert (
+            done.usage.completion_tokens == expected.new_tokens and done.usage.prompt_tokens == expected.prompt_tokens
+        )
     with pytest.raises(openai.NotFoundError, match="known: \\['a', 'b'\\]"):
         client.chat.completions.create(model="gpt-4o", messages=messages)

@@ -11,6 +11,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import requests
+
 from sentiray import tracking
 from sentiray.models import registry
 from sentiray.serving import app as serving_app
@@ -94,7 +95,9 @@ def test_serve_from_registry_then_swap_without_downtime(store, serve_base, tmp_p
         for t in threads:
             t.start()
         time.sleep(1.0)
-        _deploy_with_cli(tmp_path, serve_base, _application("models:/tiny-student@champion", store, swap_to="models:/tiny-student/2"))
+        _deploy_with_cli(
+            tmp_path, serve_base, _application("models:/tiny-student@champion", store, swap_to="models:/tiny-student/2")
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not any(v == "2" for _, v in seen[-3:]):
             time.sleep(0.2)

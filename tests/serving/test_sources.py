@@ -9,6 +9,7 @@ import time
 import mlflow
 import pytest
 import yaml
+
 from sentiray import cli
 from sentiray.data import storage
 from sentiray.serving.app import IMPORT_PATH
@@ -49,15 +50,21 @@ def serve_fails(tmp_path, capsys, model: str) -> str:
     return err
 
 
-@pytest.mark.parametrize("model, message", [
-    # Before any training: `serve/student.yaml`'s default source.
-    ("models:/sentiray-student/latest", "model: models:/sentiray-student/latest: no registered model 'sentiray-student' in the MLflow store"),
-    ("models:/no-versions/latest", "registered model 'no-versions' has no versions yet"),
-    ("models:/no-versions@champion", "registered model 'no-versions' has no versions yet"),
-    ("models:/one-version@champion", "registered model 'one-version' has no alias 'champion'"),
-    ("models:/one-version/7", "registered model 'one-version' has no version '7' (versions: 1)"),
-    ("runs:/0123456789abcdef/model", "model: cannot resolve runs:/0123456789abcdef/model"),
-])
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        # Before any training: `serve/student.yaml`'s default source.
+        (
+            "models:/sentiray-student/latest",
+            "model: models:/sentiray-student/latest: no registered model 'sentiray-student' in the MLflow store",
+        ),
+        ("models:/no-versions/latest", "registered model 'no-versions' has no versions yet"),
+        ("models:/no-versions@champion", "registered model 'no-versions' has no versions yet"),
+        ("models:/one-version@champion", "registered model 'one-version' has no alias 'champion'"),
+        ("models:/one-version/7", "registered model 'one-version' has no version '7' (versions: 1)"),
+        ("runs:/0123456789abcdef/model", "model: cannot resolve runs:/0123456789abcdef/model"),
+    ],
+)
 def test_registry_sources_without_a_model(store, tmp_path, capsys, model, message):
     err = serve_fails(tmp_path, capsys, model)
     assert message in err, err

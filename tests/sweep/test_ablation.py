@@ -30,16 +30,31 @@ def test_variants_group_seeds_with_mean_and_sample_std():
 
 
 def test_rows_from_a_finished_sweep_summary(tmp_path):
-    trials = [{"trial": f"t{i}", "status": status, "best": best, "output": str(tmp_path / f"t{i}"),
-               "hp": {"lrsa.rationales": rat, "train.seed": seed}}
-              for i, (status, best, rat, seed) in enumerate([("completed", 0.8, "both", 0), ("completed", 0.6, "both", 1),
-                                                              ("completed", 0.3, "none", 0), ("error", None, "none", 1)])]
+    trials = [
+        {
+            "trial": f"t{i}",
+            "status": status,
+            "best": best,
+            "output": str(tmp_path / f"t{i}"),
+            "hp": {"lrsa.rationales": rat, "train.seed": seed},
+        }
+        for i, (status, best, rat, seed) in enumerate(
+            [
+                ("completed", 0.8, "both", 0),
+                ("completed", 0.6, "both", 1),
+                ("completed", 0.3, "none", 0),
+                ("error", None, "none", 1),
+            ]
+        )
+    ]
     (tmp_path / SUCCESS).write_text(json.dumps({"metric": "dev_jmasa_f1", "table": trials, "mlflow_run_id": None}))
     rows, run_id = ablation.sweep_rows(str(tmp_path))
     assert run_id is None and len(rows) == 3  # the failed trial is left out
     table = ablation.aggregate(rows, ["dev_jmasa_f1"])
     assert {r["variant"]: (r["n"], round(r["dev_jmasa_f1_mean"], 6)) for r in table} == {
-        "rationales=both": (2, 0.7), "rationales=none": (1, 0.3)}
+        "rationales=both": (2, 0.7),
+        "rationales=none": (1, 0.3),
+    }
 
 
 @pytest.mark.parametrize("name", ["lrsa.yaml", "lrsa_ablation.yaml"])

@@ -33,8 +33,16 @@ def ws(tmp_path_factory, tiny_models, ray_cluster):
     store = f"sqlite:///{root / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", store)
-        prepare(config.validate({"stage": "data", "storage": {"root": str(root)}, "tracking": {"enabled": False},
-                                 "data": {"format": "synthetic", "task": "msc", "size": 100, "output": "data/msc"}}))
+        prepare(
+            config.validate(
+                {
+                    "stage": "data",
+                    "storage": {"root": str(root)},
+                    "tracking": {"enabled": False},
+                    "data": {"format": "synthetic", "task": "msc", "size": 100, "output": "data/msc"},
+                }
+            )
+        )
         yield {"root": root, "store": store, "model": tiny_models["vlm"]}
 
 
@@ -47,9 +55,15 @@ def sweep_raw(ws, name: str, **tune) -> dict:
         "data": {"format": "canonical", "input": "data/msc"},
         "model": {"path": ws["model"], "kind": "vlm"},
         "mulcot": {"role": "assistant", "chain_column": "gold_chain", "max_length": 256},
-        "train": {"output": f"ckpt/{name}-best", "epochs": 3,
-                  "batch_size": 8, "zero_stage": 0, "num_workers": 1, "keep_checkpoints": 1,
-                  "log_every": 5},
+        "train": {
+            "output": f"ckpt/{name}-best",
+            "epochs": 3,
+            "batch_size": 8,
+            "zero_stage": 0,
+            "num_workers": 1,
+            "keep_checkpoints": 1,
+            "log_every": 5,
+        },
         "tune": {"output": f"tune/{name}", **tune},
     }
 
@@ -133,9 +147,16 @@ ASHA = {"scheduler": "asha", "metric": "train_ce_l", "mode": "min", "grace_perio
 
 
 def test_random_search_with_asha(ws):
-    cfg = config.validate(sweep_raw(
-        ws, "random", searcher="random", num_samples=6, **ASHA,
-        search_space={"train.lr": {"loguniform": [1e-5, 3e-2]}, "mulcot.w_chain": {"uniform": [0.5, 1.5]}}))
+    cfg = config.validate(
+        sweep_raw(
+            ws,
+            "random",
+            searcher="random",
+            num_samples=6,
+            **ASHA,
+            search_space={"train.lr": {"loguniform": [1e-5, 3e-2]}, "mulcot.w_chain": {"uniform": [0.5, 1.5]}},
+        )
+    )
     started = time.perf_counter()
     summary = stages.run_stage(cfg)
     print(f"random+asha sweep: {time.perf_counter() - started:.0f}s")
@@ -169,9 +190,18 @@ def test_random_search_with_asha(ws):
 
 
 def test_optuna_search_with_asha(ws):
-    cfg = config.validate(sweep_raw(
-        ws, "optuna", searcher="optuna", num_samples=6, max_t=2, seed=1, **ASHA,
-        search_space={"train.lr": {"loguniform": [1e-5, 3e-2]}, "mulcot.w_chain": {"choice": [0.5, 1.0, 1.5]}}))
+    cfg = config.validate(
+        sweep_raw(
+            ws,
+            "optuna",
+            searcher="optuna",
+            num_samples=6,
+            max_t=2,
+            seed=1,
+            **ASHA,
+            search_space={"train.lr": {"loguniform": [1e-5, 3e-2]}, "mulcot.w_chain": {"choice": [0.5, 1.0, 1.5]}},
+        )
+    )
     started = time.perf_counter()
     summary = stages.run_stage(cfg)
     print(f"optuna+asha sweep: {time.perf_counter() - started:.0f}s")
@@ -186,15 +216,27 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ws, ray_clu
     after the first epoch of its second trial; rerunning the same command finishes the
     sweep: the first trial is not trained again, the second continues from its epoch-1
     checkpoint, in its own MLflow run."""
-    raw = sweep_raw(ws, "resume", searcher="grid", scheduler="fifo", max_t=2, max_concurrent_trials=1,
-                    search_space={"train.lr": {"grid": [1e-3, 1e-2]}})
+    raw = sweep_raw(
+        ws,
+        "resume",
+        searcher="grid",
+        scheduler="fifo",
+        max_t=2,
+        max_concurrent_trials=1,
+        search_space={"train.lr": {"grid": [1e-3, 1e-2]}},
+    )
     path = tmp_path / "resume.yaml"
     path.write_text(yaml.safe_dump(raw))
     out = ws["root"] / "tune" / "resume"
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     log = open(tmp_path / "driver.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "sentiray.cli", "tune", str(path)], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sentiray.cli", "tune", str(path)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 300
         while not glob.glob(str(out / "trials" / "*_00001" / driver.EPOCHS)):  # trial 2 finished epoch 1

@@ -181,18 +181,32 @@ def make_handler(state: State):
 
                         out = Generated(text=state.args.answer, new_tokens=len(state.args.answer.split()))
                     else:
-                        out = state.generator.generate([prompt], [image], max_new_tokens=max_tokens,
-                                                       temperature=temperature, seed=body.get("seed"))[0]
+                        out = state.generator.generate(
+                            [prompt], [image], max_new_tokens=max_tokens, temperature=temperature, seed=body.get("seed")
+                        )[0]
                     state.served += 1
                 prompt_tokens = len(state.generator.encoder.encode_prompt(prompt, image).input_ids)
-                self._send(200, {
-                    "id": f"chatcmpl-{state.served}", "object": "chat.completion", "created": int(time.time()),
-                    "model": body.get("model") or state.args.name,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
-                                 "finish_reason": "length" if out.new_tokens >= max_tokens else "stop"}],
-                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": out.new_tokens,
-                              "total_tokens": prompt_tokens + out.new_tokens},
-                })
+                self._send(
+                    200,
+                    {
+                        "id": f"chatcmpl-{state.served}",
+                        "object": "chat.completion",
+                        "created": int(time.time()),
+                        "model": body.get("model") or state.args.name,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": out.text},
+                                "finish_reason": "length" if out.new_tokens >= max_tokens else "stop",
+                            }
+                        ],
+                        "usage": {
+                            "prompt_tokens": prompt_tokens,
+                            "completion_tokens": out.new_tokens,
+                            "total_tokens": prompt_tokens + out.new_tokens,
+                        },
+                    },
+                )
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (timeout) and closed the connection
 
@@ -274,8 +288,12 @@ class ServerProcess:
 
     def control(self, **knobs) -> dict:
         """Change fault settings of the running server (``p429``, ``p500``, ``pslow``, ``slow_s``, ...)."""
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/control", data=json.dumps(knobs).encode(),
-                                     method="POST", headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/control",
+            data=json.dumps(knobs).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.loads(resp.read())
 

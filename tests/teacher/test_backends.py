@@ -5,13 +5,13 @@ import random
 
 import pytest
 from PIL import Image
+
+from sentiray import prompts
 from sentiray.config import TeacherConfig
 from sentiray.data import synthetic
 from sentiray.data.images import ImageError
-from sentiray import prompts
 from sentiray.teacher import backends
 from sentiray.teacher.backends import Request
-
 from tests.conftest import free_port
 from tests.teacher.openai_server import ServerProcess
 
@@ -78,8 +78,16 @@ def server(tiny_models, tmp_path_factory):
 
 
 def _client(server, **kw):
-    options = {"model": "tiny-teacher", "max_new_tokens": 6, "temperature": 1.0, "concurrency": 4, "timeout_s": 5,
-               "max_retries": 8, "backoff_s": 0.05, "backoff_max_s": 0.2}
+    options = {
+        "model": "tiny-teacher",
+        "max_new_tokens": 6,
+        "temperature": 1.0,
+        "concurrency": 4,
+        "timeout_s": 5,
+        "max_retries": 8,
+        "backoff_s": 0.05,
+        "backoff_max_s": 0.2,
+    }
     options.update(kw)
     endpoint = options.pop("endpoint", server.url)
     return backends.OpenAIBackend(endpoint, **options)

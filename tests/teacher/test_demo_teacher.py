@@ -5,6 +5,7 @@ import os
 import time
 
 import pytest
+
 from sentiray import config, stages
 from sentiray.data import schema, synthetic
 from sentiray.data.chains import parse_chain
@@ -30,22 +31,37 @@ def test_fitted_demo_teacher_writes_meaningful_chains(ray_cluster, tiny_models, 
     assert "demo teacher" in demo_teacher.describe(path)
 
     # annotate a slice of train (seen in the fit) and of dev (not seen) through the stage
-    subset = schema.PreparedDataset("synthetic", "msc", {"train": schema.read_rows(data, "train")[:48],
-                                                         "dev": schema.read_rows(data, "dev")[:24]})
+    subset = schema.PreparedDataset(
+        "synthetic", "msc", {"train": schema.read_rows(data, "train")[:48], "dev": schema.read_rows(data, "dev")[:24]}
+    )
     schema.write_dataset(subset, str(tmp_path / "subset"))
-    cfg = config.validate({
-        "stage": "rationales", "storage": {"root": str(tmp_path)}, "tracking": {"enabled": False},
-        "data": {"format": "canonical", "input": "subset", "output": "rationales"},
-        "teacher": {"backend": "hf", "name": "demo-teacher", "model": {"path": path}, "max_new_tokens": 150,
-                    "batch_size": 12, "shard_rows": 48, "splits": ["train", "dev"], "lrsa_rationales": True,
-                    "lrsa_max_new_tokens": 72},
-    })
+    cfg = config.validate(
+        {
+            "stage": "rationales",
+            "storage": {"root": str(tmp_path)},
+            "tracking": {"enabled": False},
+            "data": {"format": "canonical", "input": "subset", "output": "rationales"},
+            "teacher": {
+                "backend": "hf",
+                "name": "demo-teacher",
+                "model": {"path": path},
+                "max_new_tokens": 150,
+                "batch_size": 12,
+                "shard_rows": 48,
+                "splits": ["train", "dev"],
+                "lrsa_rationales": True,
+                "lrsa_max_new_tokens": 72,
+            },
+        }
+    )
     m = stages.run_stage(cfg)["metrics"]
     # chance is 1/3 and the majority class 0.40; a random tiny model scores 0 (it writes noise)
     assert m["pass1_accuracy_train"] > 0.5, m
     assert m["pass1_accuracy_dev"] > 0.4, m
     assert m["parse_failure_rate"] < 0.05
-    rows = schema.read_rows(str(tmp_path / "rationales"), "train") + schema.read_rows(str(tmp_path / "rationales"), "dev")
+    rows = schema.read_rows(str(tmp_path / "rationales"), "train") + schema.read_rows(
+        str(tmp_path / "rationales"), "dev"
+    )
     assert len(rows) == 72
     complete = [r for r in rows if list(parse_chain(r["rationale"])) == list(CHAIN_FIELDS)]
     assert len(complete) >= 0.9 * len(rows)  # the five MulCoT fields, in order
@@ -53,7 +69,8 @@ def test_fitted_demo_teacher_writes_meaningful_chains(ray_cluster, tiny_models, 
     # it saw; rationale_correct says which kept chains end with the gold label.
     second = [r for r in rows if r["rationale_pass"] == 2]
     assert second and {r["id"] for r in second} == {
-        r["id"] for r in rows if r["id"].startswith("synthetic-msc-train") and not r["teacher_correct"]}
+        r["id"] for r in rows if r["id"].startswith("synthetic-msc-train") and not r["teacher_correct"]
+    }
     assert m["rationale_label_agreement_train"] >= m["pass1_accuracy_train"]
     assert m["rationale_label_agreement_dev"] == m["pass1_accuracy_dev"]  # dev: pass 1 only
     # LRSA rationales: the text explanation talks about the text, the description about the image

@@ -13,7 +13,9 @@ from sentiray.teacher import demo_teacher
 
 
 def test_training_examples_of_aspect_rows():
-    rows = synthetic.generate("mabsa", 20, seed=4).splits["train"] + synthetic.generate("masc", 20, seed=4).splits["train"]
+    rows = (
+        synthetic.generate("mabsa", 20, seed=4).splits["train"] + synthetic.generate("masc", 20, seed=4).splits["train"]
+    )
     for row in rows:
         examples = {kind: (prompt, target) for kind, prompt, target in demo_teacher.training_examples(row)}
         # mabsa rows have no post label: no chain to learn (LRSA does not read it)
@@ -24,7 +26,9 @@ def test_training_examples_of_aspect_rows():
     # the rows of one masc post share one explanation target (the prompt names no aspect)
     by_post = {}
     for row in (r for r in rows if r["task"] == "masc"):
-        by_post.setdefault(json.loads(row["meta"])["group"], set()).add(synthetic.aspect_rationales(row)["text_explanation"])
+        by_post.setdefault(json.loads(row["meta"])["group"], set()).add(
+            synthetic.aspect_rationales(row)["text_explanation"]
+        )
     assert all(len(targets) == 1 for targets in by_post.values())
 
 
@@ -35,18 +39,34 @@ def test_fitted_demo_teacher_writes_rationales_that_carry_the_signal(ray_cluster
     # posts was seen to fall to ~0.65 on the moods (a tiny model has to learn to look first).
     schema.write_dataset(synthetic.generate("mabsa", 600, seed=0), data)
     path = demo_teacher.fit_demo_teacher(tiny_models["vlm"], data, str(tmp_path / "teacher"), batch_size=16)
-    subset = schema.PreparedDataset("synthetic", "mabsa", {"dev": schema.read_rows(data, "dev")[:40],
-                                                           "test": schema.read_rows(data, "test")[:40]})
+    subset = schema.PreparedDataset(
+        "synthetic", "mabsa", {"dev": schema.read_rows(data, "dev")[:40], "test": schema.read_rows(data, "test")[:40]}
+    )
     schema.write_dataset(subset, str(tmp_path / "subset"))
-    cfg = config.validate({
-        "stage": "rationales", "storage": {"root": str(tmp_path)}, "tracking": {"enabled": False},
-        "data": {"format": "canonical", "input": "subset", "output": "rationales"},
-        "teacher": {"backend": "hf", "name": "demo-teacher", "model": {"path": path}, "max_new_tokens": 8,
-                    "batch_size": 16, "shard_rows": 40, "splits": ["dev", "test"], "rationalize_splits": [],
-                    "lrsa_rationales": True, "lrsa_max_new_tokens": 110},
-    })
+    cfg = config.validate(
+        {
+            "stage": "rationales",
+            "storage": {"root": str(tmp_path)},
+            "tracking": {"enabled": False},
+            "data": {"format": "canonical", "input": "subset", "output": "rationales"},
+            "teacher": {
+                "backend": "hf",
+                "name": "demo-teacher",
+                "model": {"path": path},
+                "max_new_tokens": 8,
+                "batch_size": 16,
+                "shard_rows": 40,
+                "splits": ["dev", "test"],
+                "rationalize_splits": [],
+                "lrsa_rationales": True,
+                "lrsa_max_new_tokens": 110,
+            },
+        }
+    )
     stages.run_stage(cfg)
-    rows = schema.read_rows(str(tmp_path / "rationales"), "dev") + schema.read_rows(str(tmp_path / "rationales"), "test")
+    rows = schema.read_rows(str(tmp_path / "rationales"), "dev") + schema.read_rows(
+        str(tmp_path / "rationales"), "test"
+    )
     assert len(rows) == 80
     signal = demo_teacher.rationale_signal(rows)
     print(f"demo teacher LRSA rationales on unseen posts: {signal}")

@@ -13,10 +13,10 @@ from pathlib import Path
 import mlflow
 import psutil
 import pytest
+
 from sentiray import cli, config, stages
 from sentiray.data import schema
 from sentiray.teacher import pipeline
-
 from tests.conftest import free_port
 from tests.teacher.openai_server import ServerProcess
 from tests.teacher.test_pipeline import assert_exactly_once, file_hashes, job, write_input
@@ -41,12 +41,29 @@ def healthy(server):
 
 
 def openai_overrides(tmp_path, server, output="out", **teacher) -> list[str]:
-    t = {"endpoint": server.url, "endpoint_model": "tiny-teacher", "concurrency": 4, "batch_size": 8,
-         "shard_rows": 10, "max_new_tokens": 24, "temperature": 1.0, "timeout_s": 10, "max_retries": 1,
-         "backoff_s": 0.05, "backoff_max_s": 0.2, "lrsa_rationales": False, **teacher}
-    return [f"storage.root={tmp_path}", "data.input=in", f"data.output={output}",
-            f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db", "tracking.experiment=nothing-lost",
-            *(f"teacher.{k}={'null' if v is None else v}" for k, v in t.items())]
+    t = {
+        "endpoint": server.url,
+        "endpoint_model": "tiny-teacher",
+        "concurrency": 4,
+        "batch_size": 8,
+        "shard_rows": 10,
+        "max_new_tokens": 24,
+        "temperature": 1.0,
+        "timeout_s": 10,
+        "max_retries": 1,
+        "backoff_s": 0.05,
+        "backoff_max_s": 0.2,
+        "lrsa_rationales": False,
+        **teacher,
+    }
+    return [
+        f"storage.root={tmp_path}",
+        "data.input=in",
+        f"data.output={output}",
+        f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        "tracking.experiment=nothing-lost",
+        *(f"teacher.{k}={'null' if v is None else v}" for k, v in t.items()),
+    ]
 
 
 def reasons(uri: str) -> dict[str, str]:
@@ -75,8 +92,10 @@ def test_teacher_rejects_fail_the_run_and_the_rerun_asks_again(ray_cluster, heal
     content = {i: r for i, r in first.items() if not pipeline.is_teacher_side(r)}
     n = len(teacher_ids)
     assert n >= 1 and len(content) == 3
-    assert len(err) == 1 and err[0].startswith(f"error: rationales: {n} of 60 rows are rejected for teacher-side "
-                                               f"failures after the retries (teacher.max_retries=1): HTTP 5xx: {n}.")
+    assert len(err) == 1 and err[0].startswith(
+        f"error: rationales: {n} of 60 rows are rejected for teacher-side "
+        f"failures after the retries (teacher.max_retries=1): HTTP 5xx: {n}."
+    )
     assert "Rerun the same command" in err[0] and "teacher.allow_rejects=true" in err[0]
     assert not schema.is_complete(out)  # so `sentiray pipeline` does not skip it
     assert_exactly_once(str(tmp_path / "in"), out)  # each id once, in rows or rejects
@@ -108,8 +127,9 @@ def test_teacher_rejects_fail_the_run_and_the_rerun_asks_again(ray_cluster, heal
 def test_allow_rejects_finishes_with_them_counted(ray_cluster, healthy, tmp_path):
     write_input(str(tmp_path / "in"), size=30, bad_rows=False)
     healthy.control(fail_if="Analyze the sentiment", answer=NEGATIVE)  # every pass-1 prompt fails: 5xx
-    cfg = config.load(OPENAI_JOB, openai_overrides(tmp_path, healthy, max_error_fraction=1.0, max_retries=0,
-                                                   allow_rejects=True))
+    cfg = config.load(
+        OPENAI_JOB, openai_overrides(tmp_path, healthy, max_error_fraction=1.0, max_retries=0, allow_rejects=True)
+    )
     summary = stages.run_stage(cfg)
     m = summary["manifest"]
     assert (m["rejects_teacher"], m["rejects_content"], m["teacher_reject_causes"]) == (30, 0, {"HTTP 5xx": 30})
@@ -132,21 +152,29 @@ def test_pass2_disagreeing_is_flagged_and_left_out_of_training(ray_cluster, heal
     assert 0 < len(wrong) < len(train)
     for r in train:
         if r["label"] == "negative":
-            assert (r["rationale_pass"], r["rationale_correct"], r["rationale_note"], r["use_for_training"]) == \
-                (1, True, None, True)
+            assert (r["rationale_pass"], r["rationale_correct"], r["rationale_note"], r["use_for_training"]) == (
+                1,
+                True,
+                None,
+                True,
+            )
         else:
             assert (r["rationale_pass"], r["rationale_correct"], r["use_for_training"]) == (2, False, False)
             assert r["rationale_note"] == f"pass 2 disagrees: its chain reads negative, the gold label is {r['label']}"
     for split in ("dev", "test"):  # no pass 2 there: references only, nothing flagged
         assert all(r["rationale_pass"] == 1 and r["use_for_training"] for r in schema.read_rows(out, split))
     manifest = schema.read_manifest(out)
-    assert (manifest["pass2_disagreeing"], manifest["excluded_from_training"], manifest["pass2_failed"]) == \
-        (len(wrong), len(wrong), 0)
+    assert (manifest["pass2_disagreeing"], manifest["excluded_from_training"], manifest["pass2_failed"]) == (
+        len(wrong),
+        len(wrong),
+        0,
+    )
     assert runs(tmp_path)[-1].data.metrics["excluded_from_training"] == len(wrong)
 
     # teacher.keep_disagreeing_pass2: the same chains, kept for training
-    stages.run_stage(config.load(OPENAI_JOB, openai_overrides(tmp_path, healthy, output="kept",
-                                                              keep_disagreeing_pass2=True)))
+    stages.run_stage(
+        config.load(OPENAI_JOB, openai_overrides(tmp_path, healthy, output="kept", keep_disagreeing_pass2=True))
+    )
     kept = schema.read_rows(str(tmp_path / "kept"), "train")
     assert all(r["use_for_training"] for r in kept)
     assert sum((r["rationale_note"] or "").startswith("pass 2 disagrees") for r in kept) == len(wrong)
@@ -168,8 +196,11 @@ def test_pass2_failure_keeps_the_pass1_chain_marked(ray_cluster, healthy, tmp_pa
         assert r["rationale_note"].startswith("pass 2 failed: teacher error: gave up after 0 retries (last: HTTP 500")
         assert r["use_for_training"] is False and r["rationale_correct"] is False
     manifest = schema.read_manifest(out)
-    assert (manifest["pass2_failed"], manifest["excluded_from_training"], manifest["rejects_teacher"]) == \
-        (len(wrong), len(wrong), 0)
+    assert (manifest["pass2_failed"], manifest["excluded_from_training"], manifest["rejects_teacher"]) == (
+        len(wrong),
+        len(wrong),
+        0,
+    )
 
 
 # ----------------------------------------------------------------------------- two runs at once
@@ -181,14 +212,24 @@ def test_two_runs_at_once_on_one_output(healthy, tmp_path):
     once naming it; every id exactly once."""
     write_input(str(tmp_path / "in"), size=60)
     healthy.control(delay_s=0.05)
-    args = [sys.executable, "-m", "sentiray.cli", "run", OPENAI_JOB,
-            *openai_overrides(tmp_path, healthy), "ray.num_cpus=2"]
+    args = [
+        sys.executable,
+        "-m",
+        "sentiray.cli",
+        "run",
+        OPENAI_JOB,
+        *openai_overrides(tmp_path, healthy),
+        "ray.num_cpus=2",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     procs, logs = [], []
     for i in range(2):
         logs.append(open(tmp_path / f"run{i}.log", "w+"))
-        procs.append(subprocess.Popen(args, cwd=tmp_path, env=env, stdout=logs[-1], stderr=subprocess.STDOUT,
-                                      start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                args, cwd=tmp_path, env=env, stdout=logs[-1], stderr=subprocess.STDOUT, start_new_session=True
+            )
+        )
     try:
         codes = [p.wait(timeout=400) for p in procs]
     finally:

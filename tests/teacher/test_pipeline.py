@@ -12,12 +12,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
 from sentiray import config, stages
 from sentiray.config import ConfigError
 from sentiray.data import schema, storage, synthetic
-from sentiray.teacher import backends, pipeline
 from sentiray.prompts.parsing import parse_label
-
+from sentiray.teacher import backends, pipeline
 from tests.conftest import free_port
 from tests.teacher.openai_server import ServerProcess
 
@@ -38,9 +38,13 @@ def write_input(uri: str, size: int = 60, seed: int = 0, bad_rows: bool = True, 
 def job(tmp_path, input_uri, output_uri, **teacher):
     t = {"backend": "hf", "temperature": 1.0, "max_new_tokens": 24, "batch_size": 4, "shard_rows": 10}
     t.update(teacher)
-    raw = {"stage": "rationales", "storage": {"root": str(tmp_path)},
-           "tracking": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "rationales-test"},
-           "data": {"format": "canonical", "input": input_uri, "output": output_uri}, "teacher": t}
+    raw = {
+        "stage": "rationales",
+        "storage": {"root": str(tmp_path)},
+        "tracking": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "rationales-test"},
+        "data": {"format": "canonical", "input": input_uri, "output": output_uri},
+        "teacher": t,
+    }
     return config.validate(raw, "test")
 
 
@@ -105,8 +109,16 @@ def test_hf_stage_writes_every_id_exactly_once_with_its_fields(ray_cluster, tiny
 
     write_input(str(tmp_path / "in"))
     out = s3_uri
-    cfg = job(tmp_path, "in", out, name="tiny-vlm", model={"path": tiny_models["vlm"]}, concurrency=2,
-              lrsa_rationales=True, lrsa_max_new_tokens=12)
+    cfg = job(
+        tmp_path,
+        "in",
+        out,
+        name="tiny-vlm",
+        model={"path": tiny_models["vlm"]},
+        concurrency=2,
+        lrsa_rationales=True,
+        lrsa_max_new_tokens=12,
+    )
     summary = stages.run_stage(cfg)
     assert schema.is_complete(out) and not summary["skipped"]
     rows, rejects = assert_exactly_once(str(tmp_path / "in"), out)
@@ -145,8 +157,19 @@ def test_hf_stage_writes_every_id_exactly_once_with_its_fields(ray_cluster, tiny
     # resuming into this output with other settings is refused, naming the change
     storage.remove(storage.join(out, "_manifest.json"))
     with pytest.raises(ConfigError, match=r"max_new_tokens: 24 -> 25"):
-        stages.run_stage(job(tmp_path, "in", out, name="tiny-vlm", model={"path": tiny_models["vlm"]},
-                             concurrency=2, lrsa_rationales=True, lrsa_max_new_tokens=12, max_new_tokens=25))
+        stages.run_stage(
+            job(
+                tmp_path,
+                "in",
+                out,
+                name="tiny-vlm",
+                model={"path": tiny_models["vlm"]},
+                concurrency=2,
+                lrsa_rationales=True,
+                lrsa_max_new_tokens=12,
+                max_new_tokens=25,
+            )
+        )
 
 
 # ----------------------------------------------------------------------------- kill and resume
@@ -155,15 +178,30 @@ def test_hf_stage_writes_every_id_exactly_once_with_its_fields(ray_cluster, tiny
 @pytest.mark.slow
 def test_killed_run_resumes_without_duplicates_or_recomputing(ray_cluster, tiny_models, tmp_path):
     write_input(str(tmp_path / "in"), size=80)  # 64 train rows: 8 shards of 8
-    overrides = [f"storage.root={tmp_path}", "data.input=in", "data.output=out", f"teacher.model.path={tiny_models['vlm']}",
-                 "teacher.temperature=1.0", "teacher.max_new_tokens=24", "teacher.lrsa_rationales=false",
-                 "teacher.shard_rows=8", "teacher.batch_size=4", "ray.num_cpus=2",
-                 f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db", "tracking.experiment=rationales-test"]
+    overrides = [
+        f"storage.root={tmp_path}",
+        "data.input=in",
+        "data.output=out",
+        f"teacher.model.path={tiny_models['vlm']}",
+        "teacher.temperature=1.0",
+        "teacher.max_new_tokens=24",
+        "teacher.lrsa_rationales=false",
+        "teacher.shard_rows=8",
+        "teacher.batch_size=4",
+        "ray.num_cpus=2",
+        f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        "tracking.experiment=rationales-test",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     with open(tmp_path / "killed.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "sentiray.cli", "run", str(REPO / "jobs" / "rationales.yaml"),
-                                 *overrides], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sentiray.cli", "run", str(REPO / "jobs" / "rationales.yaml"), *overrides],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     train_dir = tmp_path / "out" / "train"
     try:
         deadline = time.time() + 240
@@ -201,11 +239,30 @@ def test_killed_run_resumes_without_duplicates_or_recomputing(ray_cluster, tiny_
 def test_openai_stage_survives_faults_and_a_server_restart(ray_cluster, tiny_models, tmp_path):
     write_input(str(tmp_path / "in"), size=60)
     port = free_port()
-    server = ServerProcess(tiny_models["vlm"], port, faults_log=str(tmp_path / "faults.txt"), max_tokens_cap=24,
-                           p429=0.1, p500=0.1, pslow=0.04, slow_s=1.5, seed=1)
-    teacher = {"backend": "openai", "endpoint": server.url, "endpoint_model": "tiny-teacher", "concurrency": 4,
-               "batch_size": 8, "shard_rows": 10, "timeout_s": 1.0, "backoff_s": 0.2, "backoff_max_s": 1.5,
-               "lrsa_rationales": True, "lrsa_max_new_tokens": 12}
+    server = ServerProcess(
+        tiny_models["vlm"],
+        port,
+        faults_log=str(tmp_path / "faults.txt"),
+        max_tokens_cap=24,
+        p429=0.1,
+        p500=0.1,
+        pslow=0.04,
+        slow_s=1.5,
+        seed=1,
+    )
+    teacher = {
+        "backend": "openai",
+        "endpoint": server.url,
+        "endpoint_model": "tiny-teacher",
+        "concurrency": 4,
+        "batch_size": 8,
+        "shard_rows": 10,
+        "timeout_s": 1.0,
+        "backoff_s": 0.2,
+        "backoff_max_s": 1.5,
+        "lrsa_rationales": True,
+        "lrsa_max_new_tokens": 12,
+    }
 
     # the endpoint is down from the start: the run stops, commits nothing, says why
     with pytest.raises(pipeline.TeacherFailing, match="teacher errors.*cannot connect"):

@@ -2,8 +2,8 @@
 
 import pytest
 
-from sentiray.data import chains
 from sentiray import prompts
+from sentiray.data import chains
 from sentiray.prompts import parsing
 
 
@@ -13,7 +13,7 @@ from sentiray.prompts import parsing
         ('"Text_analysis": "sad words",\n"Prediction": "negative"', "negative"),
         ('"Prediction": Positive. Overall negative tone elsewhere', "positive"),  # first label after Prediction
         ("I think it is neutral, no wait, positive", "positive"),  # no Prediction: last label word
-        ('Prediction: (none) and then the text says negative', "negative"),
+        ("Prediction: (none) and then the text says negative", "negative"),
         ("the mood is unclear", None),
         ("", None),
         ('"Prediction": "positively"', None),  # whole words only
@@ -28,8 +28,13 @@ def test_parse_label_other_label_sets():
 
 
 def test_chain_roundtrip():
-    fields = {"Text_analysis": 'says "great"', "Image_analysis": "a sun", "Conflict_resolution": "agree",
-              "Final_conclusion": "positive mood", "Prediction": "positive"}
+    fields = {
+        "Text_analysis": 'says "great"',
+        "Image_analysis": "a sun",
+        "Conflict_resolution": "agree",
+        "Final_conclusion": "positive mood",
+        "Prediction": "positive",
+    }
     chain = chains.format_chain(fields)
     parsed = chains.parse_chain(chain)
     assert parsed["Image_analysis"] == "a sun"

@@ -9,6 +9,7 @@ import time
 
 import pyarrow as pa
 import pytest
+
 from sentiray.data import schema, storage
 from sentiray.teacher import pipeline
 from sentiray.teacher.pipeline import OutputLease, OutputLocked, ShardStore
@@ -22,8 +23,10 @@ def rows(*ids: str) -> pa.Table:
 
 
 def rejects(**reasons: str) -> pa.Table:
-    return pa.Table.from_pylist([{"split": "train", "id": i, "source": "s", "reason": r, "raw": ""}
-                                 for i, r in reasons.items()], schema=schema.REJECT_SCHEMA)
+    return pa.Table.from_pylist(
+        [{"split": "train", "id": i, "source": "s", "reason": r, "raw": ""} for i, r in reasons.items()],
+        schema=schema.REJECT_SCHEMA,
+    )
 
 
 def on_disk(out: str) -> tuple[list[str], dict[str, str]]:
@@ -52,8 +55,10 @@ def test_teacher_rejects_are_retried_and_superseded_content_rejects_stay(tmp_pat
     assert store.retry == {"e": "train-part-00002.parquet"}
     store.commit(rows(), rejects(e=TEACHER.replace("HTTP 500", "HTTP 503")))
     assert on_disk(out)[1] == {"d": CONTENT, "e": TEACHER.replace("HTTP 500", "HTTP 503")}
-    assert sorted(storage.listdir(storage.join(out, "rejects"))) == ["train-part-00000.parquet",
-                                                                      "train-part-00003.parquet"]
+    assert sorted(storage.listdir(storage.join(out, "rejects"))) == [
+        "train-part-00000.parquet",
+        "train-part-00003.parquet",
+    ]
 
 
 def test_a_crash_between_commit_and_supersede_is_repaired_on_open(tmp_path):
@@ -61,8 +66,10 @@ def test_a_crash_between_commit_and_supersede_is_repaired_on_open(tmp_path):
     store = ShardStore(out, "train")
     store.commit(rows("a"), rejects(b=TEACHER, c=TEACHER, d=CONTENT))
     # as if a run committed b's row and c's newer reject in shard 1, then died before superseding
-    storage.write_bytes(storage.join(out, "rejects", "train-part-00001.parquet"),
-                        pipeline._parquet_bytes(rejects(c=TEACHER.replace("500", "502"))))
+    storage.write_bytes(
+        storage.join(out, "rejects", "train-part-00001.parquet"),
+        pipeline._parquet_bytes(rejects(c=TEACHER.replace("500", "502"))),
+    )
     storage.write_bytes(storage.join(out, "train", "part-00001.parquet"), pipeline._parquet_bytes(rows("b")))
     store = ShardStore(out, "train")
     assert store.done == {"a", "b", "d"} and store.retry == {"c": "train-part-00001.parquet"}
@@ -75,8 +82,13 @@ def test_reject_causes_are_named():
     assert pipeline.teacher_cause(TEACHER) == "HTTP 5xx"
     assert pipeline.teacher_cause("teacher error: gave up after 2 retries (last: HTTP 429: slow down)") == "HTTP 429"
     assert pipeline.teacher_cause("teacher error: gave up after 2 retries (last: no answer within 1s)") == "timeout"
-    assert pipeline.teacher_cause("teacher error: gave up after 2 retries (last: cannot connect to "
-                                  "http://x/v1/chat/completions (ConnectionError))") == "connection refused"
+    assert (
+        pipeline.teacher_cause(
+            "teacher error: gave up after 2 retries (last: cannot connect to "
+            "http://x/v1/chat/completions (ConnectionError))"
+        )
+        == "connection refused"
+    )
 
 
 # ----------------------------------------------------------------------------- the lease
@@ -110,8 +122,14 @@ def test_abandoned_leases_are_taken_over_live_ones_are_not(tmp_path):
     # a run on this host whose process is gone (killed -9): taken over at once
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     started = pipeline._started_at(proc.pid)
-    dead = {"run": "dead", "host": "h", "space": pipeline._process_space(), "pid": proc.pid,
-            "pid_started": started, "heartbeat": time.time()}
+    dead = {
+        "run": "dead",
+        "host": "h",
+        "space": pipeline._process_space(),
+        "pid": proc.pid,
+        "pid_started": started,
+        "heartbeat": time.time(),
+    }
     storage.write_json(path, {**dead, "pid": proc.pid})
     with pytest.raises(OutputLocked, match="run dead of pid"):  # alive yet
         OutputLease(out, ttl_s=60).acquire()

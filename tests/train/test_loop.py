@@ -26,9 +26,15 @@ def test_plateau_halving_follows_torch_reduce_lr_on_plateau(mode, threshold_mode
     cfg = PlateauConfig(factor=0.5, patience=patience, min_lr=1e-6, threshold=threshold, threshold_mode=threshold_mode)
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([param], lr=1.0)
-    reference = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=0.5, patience=patience,
-                                                           threshold=threshold, threshold_mode=threshold_mode,
-                                                           min_lr=1e-6)
+    reference = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer,
+        mode=mode,
+        factor=0.5,
+        patience=patience,
+        threshold=threshold,
+        threshold_mode=threshold_mode,
+        min_lr=1e-6,
+    )
     state, scale = loop.LoopState(), 1.0
     rng = random.Random(patience)
     values = [round(rng.uniform(0.4, 0.6), 3) for _ in range(30)] + [0.5] * 5  # plateaus and ties

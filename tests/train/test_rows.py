@@ -23,8 +23,15 @@ def flagged(tmp_path_factory) -> dict:
     """A synthetic msc data set whose train split carries the teacher's flag: every third row false,
     every fifth null (a row the teacher did not judge trains)."""
     root = tmp_path_factory.mktemp("flagged")
-    prepare(config.validate({"stage": "data", "storage": {"root": str(root)},
-                             "data": {"format": "synthetic", "task": "msc", "size": 100, "output": "data"}}))
+    prepare(
+        config.validate(
+            {
+                "stage": "data",
+                "storage": {"root": str(root)},
+                "data": {"format": "synthetic", "task": "msc", "size": 100, "output": "data"},
+            }
+        )
+    )
     train_dir = root / "data" / "train"
     table = schema.read_table(str(root / "data"), "train")
     flags = [None if i % 5 == 0 else i % 3 != 0 for i in range(table.num_rows)]
@@ -41,11 +48,15 @@ def flagged(tmp_path_factory) -> dict:
 
 
 def toy_family(flagged, stream: bool):
-    job = config.validate({
-        "stage": "train", "storage": {"root": str(flagged["root"])}, "data": {"format": "canonical", "input": "data"},
-        "model": {"path": "unused-by-the-toy"},
-        "train": {"family": TOY, "batch_size": 4, "num_workers": 1, "stream": stream},
-    })
+    job = config.validate(
+        {
+            "stage": "train",
+            "storage": {"root": str(flagged["root"])},
+            "data": {"format": "canonical", "input": "data"},
+            "model": {"path": "unused-by-the-toy"},
+            "train": {"family": TOY, "batch_size": 4, "num_workers": 1, "stream": stream},
+        }
+    )
     return families.create(job), job
 
 

@@ -4,7 +4,6 @@ One assistant is trained for the module and reused: the student distils from it,
 evaluation and registry checks read it.
 """
 
-
 import mlflow
 import pytest
 
@@ -21,10 +20,23 @@ def workspace(tmp_path_factory, tiny_models, ray_cluster):
     root = tmp_path_factory.mktemp("train")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        prepare(config.validate({"stage": "data", "storage": {"root": str(root)},
-                                 "data": {"format": "synthetic", "task": "msc", "size": 500, "output": "data/msc"}}))
+        prepare(
+            config.validate(
+                {
+                    "stage": "data",
+                    "storage": {"root": str(root)},
+                    "data": {"format": "synthetic", "task": "msc", "size": 500, "output": "data/msc"},
+                }
+            )
+        )
         student = build_tiny_vlm(str(root / "student-init"), seed=7)
-        yield {"root": root, "models": tiny_models, "student": student, "store": f"sqlite:///{root / 'mlflow.db'}", "mp": mp}
+        yield {
+            "root": root,
+            "models": tiny_models,
+            "student": student,
+            "store": f"sqlite:///{root / 'mlflow.db'}",
+            "mp": mp,
+        }
 
 
 def job(ws, **overrides) -> config.JobConfig:
@@ -37,8 +49,15 @@ def job(ws, **overrides) -> config.JobConfig:
         "mulcot": {"role": "assistant", "chain_column": "gold_chain"},
         # 8 epochs: a 2-layer tiny model needs 4-5 before the label "clicks" (the label is one token
         # of each target), and the moment moves with the random init, i.e. with the tokenizer.
-        "train": {"output": "ckpt/assistant", "epochs": 8,
-                  "lr": 5e-3, "batch_size": 8, "num_workers": 2, "zero_stage": 2, "log_every": 2},
+        "train": {
+            "output": "ckpt/assistant",
+            "epochs": 8,
+            "lr": 5e-3,
+            "batch_size": 8,
+            "num_workers": 2,
+            "zero_stage": 2,
+            "log_every": 2,
+        },
     }
     return config.validate(config.apply_overrides(raw, [f"{k}={v}" for k, v in overrides.items()]))
 
@@ -83,10 +102,21 @@ def test_rerun_of_finished_training_is_skipped(workspace, assistant):
 
 
 def test_student_zero3_distills_from_assistant(workspace, assistant):
-    summary = stages.run_stage(job(
-        workspace, **{"mulcot.role": "student", "train.output": "ckpt/student", "model.path": workspace["student"],
-                      "train.zero_stage": 3, "distill.teacher_path": assistant["model"], "distill.lambda_kd": 0.3,
-                      "distill.tau": 2.0, "train.epochs": 8}))
+    summary = stages.run_stage(
+        job(
+            workspace,
+            **{
+                "mulcot.role": "student",
+                "train.output": "ckpt/student",
+                "model.path": workspace["student"],
+                "train.zero_stage": 3,
+                "distill.teacher_path": assistant["model"],
+                "distill.lambda_kd": 0.3,
+                "distill.tau": 2.0,
+                "train.epochs": 8,
+            },
+        )
+    )
     store = workspace["store"]
     run = stage_runs(store, "train-student")[0]
     kl = history(store, run.info.run_id, "kl_l")
@@ -99,9 +129,20 @@ def test_student_zero3_distills_from_assistant(workspace, assistant):
 
 def test_worker_failure_resumes_from_last_checkpoint(workspace):
     out = "ckpt/fault"
-    summary = stages.run_stage(job(
-        workspace, **{"train.output": out, "train.epochs": 1, "train.max_steps": 8, "train.checkpoint_every": 3,
-                      "train.inject_fault_at_step": 5, "train.max_failures": 1, "tracking.run_name": "fault"}))
+    summary = stages.run_stage(
+        job(
+            workspace,
+            **{
+                "train.output": out,
+                "train.epochs": 1,
+                "train.max_steps": 8,
+                "train.checkpoint_every": 3,
+                "train.inject_fault_at_step": 5,
+                "train.max_failures": 1,
+                "tracking.run_name": "fault",
+            },
+        )
+    )
     root = workspace["root"]
     assert storage.exists(str(root / out / "_fault_injected_at_step_5"))
     # the final report comes from the resumed attempt, which started at the step-3 checkpoint
@@ -112,9 +153,18 @@ def test_worker_failure_resumes_from_last_checkpoint(workspace):
 
 
 def test_training_with_storage_on_s3(workspace, s3_uri):
-    summary = stages.run_stage(job(
-        workspace, **{"train.output": f"{s3_uri}/assistant", "train.num_workers": 1, "train.epochs": 1,
-                      "train.max_steps": 4, "tracking.run_name": "s3"}))
+    summary = stages.run_stage(
+        job(
+            workspace,
+            **{
+                "train.output": f"{s3_uri}/assistant",
+                "train.num_workers": 1,
+                "train.epochs": 1,
+                "train.max_steps": 4,
+                "tracking.run_name": "s3",
+            },
+        )
+    )
     assert summary["model"] == f"{s3_uri}/assistant/model"
     assert storage.exists(f"{s3_uri}/assistant/model/config.json")
     assert storage.read_json(f"{s3_uri}/assistant/_SUCCESS.json")["best_step"] == 4

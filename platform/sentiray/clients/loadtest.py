@@ -17,7 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_SENTIMENT = {"text": "What a lovely day at the beach, everyone is smiling!"}
-DEFAULT_CHAT = {"model": "sentiray-student", "messages": [{"role": "user", "content": "What a lovely day!"}], "max_tokens": 16}
+DEFAULT_CHAT = {
+    "model": "sentiray-student",
+    "messages": [{"role": "user", "content": "What a lovely day!"}],
+    "max_tokens": 16,
+}
 
 
 @dataclass
@@ -47,9 +51,14 @@ class LoadResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "url": self.url, "concurrency": self.concurrency, "duration_s": round(self.duration_s, 3),
-            "requests": self.requests, "ok": self.ok, "rps": round(self.rps, 2),
-            "p50_ms": round(self.percentile(50), 2), "p95_ms": round(self.percentile(95), 2),
+            "url": self.url,
+            "concurrency": self.concurrency,
+            "duration_s": round(self.duration_s, 3),
+            "requests": self.requests,
+            "ok": self.ok,
+            "rps": round(self.rps, 2),
+            "p50_ms": round(self.percentile(50), 2),
+            "p95_ms": round(self.percentile(95), 2),
             "p99_ms": round(self.percentile(99), 2),
             "errors": {str(k): v for k, v in self.statuses.items() if not (isinstance(k, int) and 200 <= k < 300)},
         }
@@ -63,8 +72,9 @@ class LoadResult:
         )
 
 
-async def _load(url: str, payload: dict[str, Any], concurrency: int, duration_s: float,
-                headers: dict[str, str], timeout_s: float) -> LoadResult:
+async def _load(
+    url: str, payload: dict[str, Any], concurrency: int, duration_s: float, headers: dict[str, str], timeout_s: float
+) -> LoadResult:
     import aiohttp
 
     result = LoadResult(url, concurrency, duration_s)
@@ -97,8 +107,14 @@ async def _load(url: str, payload: dict[str, Any], concurrency: int, duration_s:
     return result
 
 
-def run_load(url: str, payload: dict[str, Any] | None = None, concurrency: int = 8, duration_s: float = 10.0,
-             headers: dict[str, str] | None = None, timeout_s: float = 60.0) -> LoadResult:
+def run_load(
+    url: str,
+    payload: dict[str, Any] | None = None,
+    concurrency: int = 8,
+    duration_s: float = 10.0,
+    headers: dict[str, str] | None = None,
+    timeout_s: float = 60.0,
+) -> LoadResult:
     """Drive ``url`` with ``concurrency`` closed-loop clients for ``duration_s`` seconds."""
     if concurrency < 1 or duration_s <= 0:
         raise ValueError("concurrency must be >= 1 and duration > 0")
@@ -134,7 +150,9 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 
 
 def add_commands(subparsers: Any) -> None:
-    p = subparsers.add_parser("loadtest", help="drive an endpoint with concurrent requests; print requests/s and latency percentiles")
+    p = subparsers.add_parser(
+        "loadtest", help="drive an endpoint with concurrent requests; print requests/s and latency percentiles"
+    )
     p.add_argument("url", help="full URL, e.g. http://127.0.0.1:8000/v1/sentiment")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds (default 10)")

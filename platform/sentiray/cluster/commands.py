@@ -63,15 +63,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
         _note(f"warning: {warning}")
     names = ", ".join(sub.env_names) or "(none)"
     if args.dry_run:
-        print(json.dumps({
-            "submission_id": sub.base_id,
-            "entrypoint": sub.entrypoint,
-            "working_dir": sub.runtime_env["working_dir"],
-            "env_vars": sub.env_names,  # names only
-            "metadata": sub.metadata,
-            "entrypoint_num_cpus": sub.entrypoint_num_cpus,
-            "entrypoint_num_gpus": sub.entrypoint_num_gpus,
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "submission_id": sub.base_id,
+                    "entrypoint": sub.entrypoint,
+                    "working_dir": sub.runtime_env["working_dir"],
+                    "env_vars": sub.env_names,  # names only
+                    "metadata": sub.metadata,
+                    "entrypoint_num_cpus": sub.entrypoint_num_cpus,
+                    "entrypoint_num_gpus": sub.entrypoint_num_gpus,
+                },
+                indent=2,
+            )
+        )
         return 0
 
     client = sj.connect(args.address)
@@ -79,12 +84,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
     result = sj.submit(client, sub, rerun=args.rerun)
     print(result.submission_id, flush=True)  # stdout: the id alone, for scripts
     if result.created:
-        _note(f"submitted {result.submission_id} (attempt {result.attempt}, {cfg.stage} stage) with the working "
-              f"directory {sub.runtime_env['working_dir']}: {sub.entrypoint}")
+        _note(
+            f"submitted {result.submission_id} (attempt {result.attempt}, {cfg.stage} stage) with the working "
+            f"directory {sub.runtime_env['working_dir']}: {sub.entrypoint}"
+        )
         _note(f"environment passed through (values not shown): {names}")
     else:
-        _note(f"an identical {cfg.stage} config was already submitted as {result.submission_id}: {result.status}; "
-              "not submitted again (--rerun forces a new attempt)")
+        _note(
+            f"an identical {cfg.stage} config was already submitted as {result.submission_id}: {result.status}; "
+            "not submitted again (--rerun forces a new attempt)"
+        )
     address = f" --address {args.address}" if args.address else ""
     if not (args.wait or args.follow):
         _note(f"follow it: sentiray jobs logs {result.submission_id} --follow{address}")
@@ -126,8 +135,15 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
         return 0
     header = ("SUBMISSION ID", "STATUS", "STAGE", "NAME", "STARTED", "SECONDS", "ENTRYPOINT")
     table = [header] + [
-        (r["submission_id"] or "-", r["status"], r["stage"] or "-", r["name"] or "-", r["start_time"] or "-",
-         "-" if r["duration_s"] is None else f"{r['duration_s']:.0f}", r["entrypoint"][:80])
+        (
+            r["submission_id"] or "-",
+            r["status"],
+            r["stage"] or "-",
+            r["name"] or "-",
+            r["start_time"] or "-",
+            "-" if r["duration_s"] is None else f"{r['duration_s']:.0f}",
+            r["entrypoint"][:80],
+        )
         for r in rows
     ]
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header) - 1)]
@@ -151,7 +167,7 @@ def cmd_jobs_logs(args: argparse.Namespace) -> int:
         return sj.EXIT_CODES.get(status, 1)
     text = sj.logs(client, args.submission_id, secrets)
     if args.tail:
-        text = "\n".join(text.rstrip("\n").splitlines()[-args.tail:]) + "\n"
+        text = "\n".join(text.rstrip("\n").splitlines()[-args.tail :]) + "\n"
     sys.stdout.write(text)
     return 0
 
@@ -198,7 +214,9 @@ def cmd_k8s_render(args: argparse.Namespace) -> int:
 
 
 def _address(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--address", help="the Ray dashboard, e.g. http://head:8265 (default: RAY_ADDRESS, else a local cluster)")
+    p.add_argument(
+        "--address", help="the Ray dashboard, e.g. http://head:8265 (default: RAY_ADDRESS, else a local cluster)"
+    )
 
 
 def _nonneg_float(text: str) -> float:
@@ -217,22 +235,38 @@ def add_commands(sub) -> None:
         "values never). Exit code: 0 submitted (or SUCCEEDED with --wait/--follow), 1 FAILED, 3 STOPPED, 2 error.",
     )
     p.add_argument("config", help="job YAML inside the working directory, e.g. jobs/data.yaml")
-    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override config fields (values parsed as YAML)")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key.sub=value", help="override config fields (values parsed as YAML)"
+    )
     _address(p)
     p.add_argument("--working-dir", default=".", help="uploaded as the job's working directory (default .)")
-    p.add_argument("--env", action="append", default=[], metavar="NAME",
-                   help="also pass this environment variable (its value is taken from here; repeatable)")
-    p.add_argument("--no-env", action="store_true",
-                   help="pass none of the allowlisted variables (MLFLOW_*, AWS_*, SENTIRAY_*, HF_TOKEN, ...): the cluster's "
-                   "own environment applies, e.g. the Secrets of a KubeRay cluster; --env names still pass")
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also pass this environment variable (its value is taken from here; repeatable)",
+    )
+    p.add_argument(
+        "--no-env",
+        action="store_true",
+        help="pass none of the allowlisted variables (MLFLOW_*, AWS_*, SENTIRAY_*, HF_TOKEN, ...): the cluster's "
+        "own environment applies, e.g. the Secrets of a KubeRay cluster; --env names still pass",
+    )
     p.add_argument("--entrypoint-num-cpus", type=_nonneg_float, help="CPUs reserved for the job's driver (default 0)")
     p.add_argument("--entrypoint-num-gpus", type=_nonneg_float, help="GPUs reserved for the job's driver (default 0)")
     p.add_argument("--entrypoint-memory", type=int, help="memory in bytes reserved for the job's driver")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--wait", action="store_true", help="wait for the job; exit code from its final state")
-    mode.add_argument("--follow", action="store_true", help="stream the job's logs until it ends; exit code from its final state")
-    p.add_argument("--rerun", action="store_true", help="start a new attempt even if an identical config is running or succeeded")
-    p.add_argument("--dry-run", action="store_true", help="print the submission (id, entrypoint, variable names) and stop")
+    mode.add_argument(
+        "--follow", action="store_true", help="stream the job's logs until it ends; exit code from its final state"
+    )
+    p.add_argument(
+        "--rerun", action="store_true", help="start a new attempt even if an identical config is running or succeeded"
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the submission (id, entrypoint, variable names) and stop"
+    )
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("jobs", help="list, read and stop the Ray jobs on a cluster")
@@ -264,12 +298,23 @@ def add_commands(sub) -> None:
         "[overrides] becomes a RayJob running `sentiray run jobs/X.yaml [overrides]` on its own cluster.",
     )
     k.add_argument("source", help="a Ray Serve config (serve/*.yaml) or a job YAML (jobs/*.yaml)")
-    k.add_argument("overrides", nargs="*", metavar="key.sub=value", help="job YAML only: overrides put on the entrypoint")
-    k.add_argument("--cluster-config", default="k8s/raycluster.yaml", help="the RayCluster whose spec is used (default k8s/raycluster.yaml)")
+    k.add_argument(
+        "overrides", nargs="*", metavar="key.sub=value", help="job YAML only: overrides put on the entrypoint"
+    )
+    k.add_argument(
+        "--cluster-config",
+        default="k8s/raycluster.yaml",
+        help="the RayCluster whose spec is used (default k8s/raycluster.yaml)",
+    )
     k.add_argument("--name", help="metadata.name (default sentiray-<file stem>)")
-    k.add_argument("--entrypoint-num-cpus", type=_nonneg_float, default=1.0,
-                   help="RayJob: CPUs for the driver; >0 keeps it off the head, whose num-cpus is 0 (default 1)")
-    k.add_argument("--entrypoint-num-gpus", type=_nonneg_float, default=0.0, help="RayJob: GPUs for the driver (default 0)")
+    k.add_argument(
+        "--entrypoint-num-cpus",
+        type=_nonneg_float,
+        default=1.0,
+        help="RayJob: CPUs for the driver; >0 keeps it off the head, whose num-cpus is 0 (default 1)",
+    )
+    k.add_argument(
+        "--entrypoint-num-gpus", type=_nonneg_float, default=0.0, help="RayJob: GPUs for the driver (default 0)"
+    )
     k.add_argument("-o", "--output", help="write here (atomically) instead of to stdout")
     k.set_defaults(func=cmd_k8s_render)
-

@@ -90,24 +90,34 @@ def check_fault_tolerance(cluster: dict[str, Any], source: str) -> None:
     env = {e.get("name") for c in _containers(head)[:1] for e in c.get("env") or []}
     if options is None:
         if "RAY_REDIS_ADDRESS" in env:
-            raise RenderError(f"cluster config {source}: RAY_REDIS_ADDRESS on the head turns GCS fault tolerance on "
-                              "without spec.gcsFaultToleranceOptions, which KubeRay refuses: set the options instead")
+            raise RenderError(
+                f"cluster config {source}: RAY_REDIS_ADDRESS on the head turns GCS fault tolerance on "
+                "without spec.gcsFaultToleranceOptions, which KubeRay refuses: set the options instead"
+            )
         return
     if FT_ANNOTATION in annotations:
-        raise RenderError(f"cluster config {source}: the {FT_ANNOTATION} annotation and spec.gcsFaultToleranceOptions "
-                          "are both set; KubeRay accepts only the options: drop the annotation")
+        raise RenderError(
+            f"cluster config {source}: the {FT_ANNOTATION} annotation and spec.gcsFaultToleranceOptions "
+            "are both set; KubeRay accepts only the options: drop the annotation"
+        )
     if "redis-password" in (head.get("rayStartParams") or {}):
-        raise RenderError(f"cluster config {source}: redis-password in rayStartParams; with gcsFaultToleranceOptions "
-                          "KubeRay wants gcsFaultToleranceOptions.redisPassword (from a Secret)")
+        raise RenderError(
+            f"cluster config {source}: redis-password in rayStartParams; with gcsFaultToleranceOptions "
+            "KubeRay wants gcsFaultToleranceOptions.redisPassword (from a Secret)"
+        )
     for name in ("REDIS_PASSWORD", "RAY_external_storage_namespace"):
         if name in env:
-            raise RenderError(f"cluster config {source}: {name} on the head; with gcsFaultToleranceOptions KubeRay "
-                              "wants the options' redisPassword / externalStorageNamespace instead")
+            raise RenderError(
+                f"cluster config {source}: {name} on the head; with gcsFaultToleranceOptions KubeRay "
+                "wants the options' redisPassword / externalStorageNamespace instead"
+            )
     host = str(options.get("redisAddress", "")).removeprefix("redis://").rsplit(":", 1)[0]
     if not host or host in _LOOPBACK:
-        raise RenderError(f"cluster config {source}: gcsFaultToleranceOptions.redisAddress is "
-                          f"{options.get('redisAddress')!r}: it must name the Redis Service (k8s/redis.yaml), which "
-                          "outlives the head pod")
+        raise RenderError(
+            f"cluster config {source}: gcsFaultToleranceOptions.redisAddress is "
+            f"{options.get('redisAddress')!r}: it must name the Redis Service (k8s/redis.yaml), which "
+            "outlives the head pod"
+        )
 
 
 def _containers(group: dict[str, Any]) -> list[dict[str, Any]]:
@@ -151,7 +161,9 @@ def check_serve_config(text: str, source: str, cluster_spec: dict[str, Any]) -> 
             try:
                 ServeAppConfig.model_validate(app.get("args") or {})
             except ValidationError as exc:
-                raise RenderError(format_validation_error(exc, f"Serve config {source}: application {app.get('name')!r} args")) from None
+                raise RenderError(
+                    format_validation_error(exc, f"Serve config {source}: application {app.get('name')!r} args")
+                ) from None
     http = doc.get("http_options") or {}
     host, port = http.get("host", "0.0.0.0"), int(http.get("port", 8000))
     if host in _LOOPBACK:
@@ -161,7 +173,9 @@ def check_serve_config(text: str, source: str, cluster_spec: dict[str, Any]) -> 
         )
     expected = serve_port(cluster_spec)
     if expected is None:
-        raise RenderError("the cluster config's head container has no port named `serve`: KubeRay routes the endpoint to it")
+        raise RenderError(
+            "the cluster config's head container has no port named `serve`: KubeRay routes the endpoint to it"
+        )
     if port != expected:
         raise RenderError(
             f"Serve config {source}: http_options.port is {port} but the cluster's `serve` container port is "
@@ -186,7 +200,9 @@ def _name(name: str | None, source: str | Path) -> str:
     name = name or "sentiray-" + re.sub(r"[^a-z0-9-]+", "-", Path(source).stem.lower()).strip("-")
     # KubeRay derives Service and pod names from it: keep it a short DNS label.
     if len(name) > 40 or not _DNS_LABEL.match(name):
-        raise RenderError(f"name {name!r} must be a DNS label (a-z, 0-9, '-', starting with a letter) of at most 40 characters")
+        raise RenderError(
+            f"name {name!r} must be a DNS label (a-z, 0-9, '-', starting with a letter) of at most 40 characters"
+        )
     return name
 
 
@@ -201,8 +217,9 @@ def _metadata(name: str, component: str, source: str, command: str) -> dict[str,
 # --------------------------------------------------------------------------- rendering
 
 
-def render_rayservice(serve_path: str | Path, cluster: dict[str, Any], *, name: str | None = None,
-                      command: str = "") -> dict[str, Any]:
+def render_rayservice(
+    serve_path: str | Path, cluster: dict[str, Any], *, name: str | None = None, command: str = ""
+) -> dict[str, Any]:
     """A RayService: ``serveConfigV2`` is the Serve file's text, the cluster is ``cluster``'s spec."""
     text, _ = _read_yaml(serve_path, "Serve config")
     check_serve_config(text, str(serve_path), cluster["spec"])
@@ -218,9 +235,16 @@ def render_rayservice(serve_path: str | Path, cluster: dict[str, Any], *, name: 
     }
 
 
-def render_rayjob(job_path: str | Path, overrides: list[str], cluster: dict[str, Any], *, name: str | None = None,
-                  entrypoint_num_cpus: float = 1.0, entrypoint_num_gpus: float = 0.0,
-                  command: str = "") -> dict[str, Any]:
+def render_rayjob(
+    job_path: str | Path,
+    overrides: list[str],
+    cluster: dict[str, Any],
+    *,
+    name: str | None = None,
+    entrypoint_num_cpus: float = 1.0,
+    entrypoint_num_gpus: float = 0.0,
+    command: str = "",
+) -> dict[str, Any]:
     """A RayJob running ``sentiray run JOB [overrides]`` on its own cluster of ``cluster``'s spec."""
     from sentiray import config
 
@@ -247,12 +271,14 @@ def render_rayjob(job_path: str | Path, overrides: list[str], cluster: dict[str,
     }
     if entrypoint_num_gpus:
         spec["entrypointNumGpus"] = entrypoint_num_gpus
-    spec.update({
-        "shutdownAfterJobFinishes": True,
-        "ttlSecondsAfterFinished": TTL_SECONDS_AFTER_FINISHED,
-        "backoffLimit": BACKOFF_LIMIT,
-        "rayClusterSpec": copy.deepcopy(cluster["spec"]),
-    })
+    spec.update(
+        {
+            "shutdownAfterJobFinishes": True,
+            "ttlSecondsAfterFinished": TTL_SECONDS_AFTER_FINISHED,
+            "backoffLimit": BACKOFF_LIMIT,
+            "rayClusterSpec": copy.deepcopy(cluster["spec"]),
+        }
+    )
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayJob",
@@ -261,8 +287,15 @@ def render_rayjob(job_path: str | Path, overrides: list[str], cluster: dict[str,
     }
 
 
-def render_command(source: str, overrides: list[str], *, cluster_config: str, name: str | None,
-                   entrypoint_num_cpus: float, entrypoint_num_gpus: float) -> str:
+def render_command(
+    source: str,
+    overrides: list[str],
+    *,
+    cluster_config: str,
+    name: str | None,
+    entrypoint_num_cpus: float,
+    entrypoint_num_gpus: float,
+) -> str:
     """The command line that renders the same manifest again (recorded in it)."""
     args = ["sentiray", "k8s", "render", source, *overrides]
     if cluster_config != DEFAULT_CLUSTER_CONFIG:
@@ -276,24 +309,45 @@ def render_command(source: str, overrides: list[str], *, cluster_config: str, na
     return shlex.join(args)
 
 
-def render(source: str | Path, overrides: list[str] | None = None, *, cluster_config: str = DEFAULT_CLUSTER_CONFIG,
-           name: str | None = None, entrypoint_num_cpus: float = 1.0,
-           entrypoint_num_gpus: float = 0.0) -> dict[str, Any]:
+def render(
+    source: str | Path,
+    overrides: list[str] | None = None,
+    *,
+    cluster_config: str = DEFAULT_CLUSTER_CONFIG,
+    name: str | None = None,
+    entrypoint_num_cpus: float = 1.0,
+    entrypoint_num_gpus: float = 0.0,
+) -> dict[str, Any]:
     """The manifest for ``source``: a RayService for a Serve config, a RayJob for a job YAML."""
     overrides = list(overrides or [])
     _, doc = _read_yaml(source, "source")
     cluster = load_cluster(cluster_config)
-    command = render_command(str(source), overrides, cluster_config=cluster_config, name=name,
-                             entrypoint_num_cpus=entrypoint_num_cpus, entrypoint_num_gpus=entrypoint_num_gpus)
+    command = render_command(
+        str(source),
+        overrides,
+        cluster_config=cluster_config,
+        name=name,
+        entrypoint_num_cpus=entrypoint_num_cpus,
+        entrypoint_num_gpus=entrypoint_num_gpus,
+    )
     if isinstance(doc, dict) and "applications" in doc:
         if overrides:
             raise RenderError("overrides apply to job YAMLs only: a Serve config is embedded as it is")
         return render_rayservice(source, cluster, name=name, command=command)
     if isinstance(doc, dict) and ("stage" in doc or "stages" in doc):
-        return render_rayjob(source, overrides, cluster, name=name, entrypoint_num_cpus=entrypoint_num_cpus,
-                             entrypoint_num_gpus=entrypoint_num_gpus, command=command)
-    raise RenderError(f"{source} is neither a Serve config (with `applications`) nor a job YAML (with `stage`) "
-                      "nor a pipeline (with `stages`)")
+        return render_rayjob(
+            source,
+            overrides,
+            cluster,
+            name=name,
+            entrypoint_num_cpus=entrypoint_num_cpus,
+            entrypoint_num_gpus=entrypoint_num_gpus,
+            command=command,
+        )
+    raise RenderError(
+        f"{source} is neither a Serve config (with `applications`) nor a job YAML (with `stage`) "
+        "nor a pipeline (with `stages`)"
+    )
 
 
 # --------------------------------------------------------------------------- writing

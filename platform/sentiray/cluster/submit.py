@@ -44,30 +44,34 @@ from sentiray.config import ConfigError, JobConfig
 # Variables a stage needs on the cluster: where MLflow is, how to reach S3, model hub tokens,
 # the teacher's endpoint key, and sentiray's own settings (e.g. SENTIRAY_PARENT_RUN_ID, which
 # nests the job's MLflow run under a pipeline's parent run).
-PASSTHROUGH_NAMES = frozenset({
-    "MLFLOW_TRACKING_URI",
-    "MLFLOW_TRACKING_USERNAME",
-    "MLFLOW_TRACKING_PASSWORD",
-    "MLFLOW_TRACKING_TOKEN",
-    "MLFLOW_TRACKING_INSECURE_TLS",
-    "MLFLOW_S3_ENDPOINT_URL",
-    "MLFLOW_EXPERIMENT_NAME",
-    "HF_TOKEN",
-    "HF_ENDPOINT",
-    "OPENAI_API_KEY",
-    "OPENAI_BASE_URL",
-})
+PASSTHROUGH_NAMES = frozenset(
+    {
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
+        "MLFLOW_TRACKING_TOKEN",
+        "MLFLOW_TRACKING_INSECURE_TLS",
+        "MLFLOW_S3_ENDPOINT_URL",
+        "MLFLOW_EXPERIMENT_NAME",
+        "HF_TOKEN",
+        "HF_ENDPOINT",
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+    }
+)
 PASSTHROUGH_PREFIXES = ("AWS_", "SENTIRAY_")
 # These name files or profiles on *this* machine. On the cluster they would point at nothing
 # and make botocore fail, so they stay here.
-PASSTHROUGH_EXCLUDED = frozenset({
-    "AWS_PROFILE",
-    "AWS_DEFAULT_PROFILE",
-    "AWS_CONFIG_FILE",
-    "AWS_SHARED_CREDENTIALS_FILE",
-    "AWS_CA_BUNDLE",
-    "AWS_WEB_IDENTITY_TOKEN_FILE",
-})
+PASSTHROUGH_EXCLUDED = frozenset(
+    {
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_CONFIG_FILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "AWS_CA_BUNDLE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+    }
+)
 # Values of variables whose names look like these are replaced by *** in anything this module
 # prints (error messages, log tails), in case Ray or a stage echoes them.
 _SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|CREDENTIAL|SESSION|TRACKING_URI", re.IGNORECASE)
@@ -192,7 +196,9 @@ def lost_output_warnings(cfg: JobConfig, env: Mapping[str, str] | None) -> list[
                 "--no-env), the job's MLflow runs land in its temporary working directory (runs/mlflow)"
             )
         elif uri.startswith("sqlite:///") and not os.path.isabs(uri[len("sqlite:///") :]):
-            warnings.append(f"the MLflow store {uri!r} is relative: the job writes it into its temporary working directory")
+            warnings.append(
+                f"the MLflow store {uri!r} is relative: the job writes it into its temporary working directory"
+            )
     return warnings
 
 
@@ -268,8 +274,10 @@ def describe_address(address: str | None) -> str:
 
 
 DEFAULT_TOKEN_PATH = Path("~/.ray/auth_token")
-TOKEN_HELP = ("set RAY_AUTH_TOKEN to the cluster's token, or RAY_AUTH_TOKEN_PATH to a file holding it "
-              "(`ray get-auth-token` on the head node prints it)")
+TOKEN_HELP = (
+    "set RAY_AUTH_TOKEN to the cluster's token, or RAY_AUTH_TOKEN_PATH to a file holding it "
+    "(`ray get-auth-token` on the head node prints it)"
+)
 
 
 def auth_token(environ: Mapping[str, str] | None = None) -> tuple[str | None, str]:
@@ -308,8 +316,9 @@ def auth_refused(address: str | None, source: str, exc: Exception) -> ClusterErr
     where = describe_address(address)
     if "Forbidden" in str(exc) or "invalid" in str(exc).lower():
         return ClusterError(f"the Ray cluster at {where} refused the authentication token from {source}; {TOKEN_HELP}")
-    return ClusterError(f"the Ray cluster at {where} requires an authentication token and none was sent "
-                        f"({source}); {TOKEN_HELP}")
+    return ClusterError(
+        f"the Ray cluster at {where} requires an authentication token and none was sent ({source}); {TOKEN_HELP}"
+    )
 
 
 def connect(address: str | None):
@@ -345,8 +354,11 @@ def alive_nodes(address: str | None) -> int:
     from ray.util.state.common import ListApiOptions, StateResource
 
     try:
-        nodes = state_client(address).list(StateResource.NODES, options=ListApiOptions(filters=[("state", "=", "ALIVE")]),
-                            raise_on_missing_output=False)
+        nodes = state_client(address).list(
+            StateResource.NODES,
+            options=ListApiOptions(filters=[("state", "=", "ALIVE")]),
+            raise_on_missing_output=False,
+        )
     except Exception as exc:  # noqa: BLE001 (the state API raises its own error types, and requests')
         raise ClusterError(f"cannot list the nodes of the cluster at {describe_address(address)}: {exc}") from None
     return len(nodes)
@@ -366,8 +378,10 @@ class Retries:
     def line(self) -> str | None:
         if not (self.tasks or self.actor_restarts):
             return None
-        return (f"{self.tasks} task(s) retried, {self.actor_restarts} actor restart(s): a worker, an actor or a node "
-                "was lost on the way and Ray ran the work again")
+        return (
+            f"{self.tasks} task(s) retried, {self.actor_restarts} actor restart(s): a worker, an actor or a node "
+            "was lost on the way and Ray ran the work again"
+        )
 
 
 def job_retries(client, submission_id: str) -> Retries | None:
@@ -380,15 +394,24 @@ def job_retries(client, submission_id: str) -> Retries | None:
         return None
     state = state_client(client.get_address())
     try:
-        tasks = state.list(StateResource.TASKS, options=ListApiOptions(
-            filters=[("job_id", "=", job.job_id), ("attempt_number", "!=", 0)], limit=MAX_STATE_ROWS, detail=True),
-            raise_on_missing_output=False)
-        actors = state.list(StateResource.ACTORS, options=ListApiOptions(
-            filters=[("job_id", "=", job.job_id)], limit=MAX_STATE_ROWS, detail=True), raise_on_missing_output=False)
+        tasks = state.list(
+            StateResource.TASKS,
+            options=ListApiOptions(
+                filters=[("job_id", "=", job.job_id), ("attempt_number", "!=", 0)], limit=MAX_STATE_ROWS, detail=True
+            ),
+            raise_on_missing_output=False,
+        )
+        actors = state.list(
+            StateResource.ACTORS,
+            options=ListApiOptions(filters=[("job_id", "=", job.job_id)], limit=MAX_STATE_ROWS, detail=True),
+            raise_on_missing_output=False,
+        )
     except Exception:  # noqa: BLE001 (a best-effort report: the state API may be off or have dropped old events)
         return None
-    return Retries(tasks=len({_field(t, "task_id") for t in tasks}),
-                   actor_restarts=sum(_field(a, "num_restarts") or 0 for a in actors))
+    return Retries(
+        tasks=len({_field(t, "task_id") for t in tasks}),
+        actor_restarts=sum(_field(a, "num_restarts") or 0 for a in actors),
+    )
 
 
 def _field(item: Any, name: str) -> Any:
@@ -491,13 +514,23 @@ def submit(client, sub: Submission, *, rerun: bool = False) -> SubmitResult:
     except (OSError, RuntimeError, ValueError) as exc:
         message = redact(str(exc), sub.secrets)
         if "already exists" in message:  # the same config submitted at the same moment: that job is the answer
-            return SubmitResult(submission_id, created=False, status=status_of(job_info(client, submission_id)), attempt=attempt)
+            return SubmitResult(
+                submission_id, created=False, status=status_of(job_info(client, submission_id)), attempt=attempt
+            )
         raise ClusterError(f"submitting {submission_id} failed: {message}") from None
-    return SubmitResult(submission_id, created=True, status=status_of(client.get_job_status(submission_id)), attempt=attempt)
+    return SubmitResult(
+        submission_id, created=True, status=status_of(client.get_job_status(submission_id)), attempt=attempt
+    )
 
 
-def wait(client, submission_id: str, *, poll_s: float = 1.0, timeout_s: float | None = None,
-         on_status: Callable[[str], None] | None = None) -> str:
+def wait(
+    client,
+    submission_id: str,
+    *,
+    poll_s: float = 1.0,
+    timeout_s: float | None = None,
+    on_status: Callable[[str], None] | None = None,
+) -> str:
     """Poll until the job ends; returns its final status (or the current one at ``timeout_s``)."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     last = None
@@ -569,7 +602,11 @@ def stop(client, submission_id: str, *, wait_s: float = 60) -> tuple[bool, str]:
         sent = client.stop_job(submission_id)
     except (OSError, RuntimeError, ValueError) as exc:
         raise ClusterError(f"stopping {submission_id} failed: {exc}") from None
-    status = wait(client, submission_id, poll_s=0.5, timeout_s=wait_s) if wait_s else status_of(client.get_job_status(submission_id))
+    status = (
+        wait(client, submission_id, poll_s=0.5, timeout_s=wait_s)
+        if wait_s
+        else status_of(client.get_job_status(submission_id))
+    )
     return sent, status
 
 

@@ -12,11 +12,15 @@ from sentiray.config.base import DataFormat, Section, Task
 class DataConfig(Section):
     format: DataFormat = "synthetic"
     input: str | None = Field(None, description="Folder (or file) of the public data set; not used by 'synthetic'.")
-    output: str = Field("data/synthetic", description="URI of the canonical data set to write (relative: under storage.root).")
+    output: str = Field(
+        "data/synthetic", description="URI of the canonical data set to write (relative: under storage.root)."
+    )
     task: Task | None = Field(None, description="Task; implied by the format except for 'synthetic' (default msc).")
     size: int = Field(600, gt=0, description="Synthetic: total samples over all splits.")
     seed: int = 0
-    split_ratios: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="train/dev/test for formats without splits.")
+    split_ratios: tuple[float, float, float] = Field(
+        (0.8, 0.1, 0.1), description="train/dev/test for formats without splits."
+    )
     image_mode: Literal["bytes", "uri"] = Field("bytes", description="Store images inside the Parquet rows or as URIs.")
     image_size: int = Field(64, ge=8, le=1024, description="Synthetic: side of the drawn images in pixels.")
     features: str | None = Field(None, description="MELD: the pickle of audio/video features per utterance.")
@@ -31,7 +35,7 @@ class DataConfig(Section):
         return v
 
     @model_validator(mode="after")
-    def _input_needed(self) -> "DataConfig":
+    def _input_needed(self) -> DataConfig:
         if self.format not in ("synthetic",) and not self.input:
             raise ValueError(f"format {self.format!r} reads a data set: set data.input to its folder")
         return self

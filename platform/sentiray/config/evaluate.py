@@ -20,7 +20,9 @@ class EvaluateConfig(Section):
     output: str = Field("reports/evaluate", description="URI for report.json, report.md, predictions.jsonl and plots.")
     batch_size: int = Field(16, gt=0, description="Rows per prediction batch.")
     limit: int | None = Field(None, gt=0, description="Evaluate only the first N rows of the split.")
-    register_name: str | None = Field(None, description="Also record the metrics on this registered model's latest version.")
+    register_name: str | None = Field(
+        None, description="Also record the metrics on this registered model's latest version."
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -55,7 +55,7 @@ class JobConfig(Section):
     lrsa: LrsaConfig | None = None
 
     @model_validator(mode="after")
-    def _sections_for_stage(self) -> "JobConfig":
+    def _sections_for_stage(self) -> JobConfig:
         missing = [s for s in STAGE_SECTIONS[self.stage] if getattr(self, s) is None]
         if missing:
             raise ValueError(f"stage {self.stage!r} needs the section(s) {missing}")

@@ -14,16 +14,23 @@ class StorageConfig(Section):
 
 
 class RayConfig(Section):
-    address: str | None = Field(None, description="Ray cluster address; None starts (or joins, via RAY_ADDRESS) a local one.")
-    num_cpus: int | None = Field(None, ge=1, description="Logical CPUs of a local cluster started by sentiray "
-                                    "(default: the machine's cores, at least 4).")
+    address: str | None = Field(
+        None, description="Ray cluster address; None starts (or joins, via RAY_ADDRESS) a local one."
+    )
+    num_cpus: int | None = Field(
+        None,
+        ge=1,
+        description="Logical CPUs of a local cluster started by sentiray (default: the machine's cores, at least 4).",
+    )
     namespace: str | None = None
     runtime_env: dict[str, Any] = Field(default_factory=dict)
 
 
 class TrackingConfig(Section):
     enabled: bool = True
-    tracking_uri: str | None = Field(None, description="MLflow tracking URI; default MLFLOW_TRACKING_URI or ./runs/mlflow.")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; default MLFLOW_TRACKING_URI or ./runs/mlflow."
+    )
     experiment: str = "sentiray"
     run_name: str | None = None
     parent_run_id: str | None = Field(None, description="Nest this stage's run under an existing run (pipelines).")

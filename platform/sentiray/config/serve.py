@@ -21,7 +21,8 @@ class ServeLimits(Section):
     min_image_side: int = Field(8, gt=0, description="Smallest image width or height in pixels.")
     max_image_pixels: int = Field(16 * 2**20, gt=0, description="Most pixels (width x height) an image may have.")
     max_image_aspect_ratio: float = Field(
-        200, ge=1, description="Longest side / shortest side; Qwen2-VL's processor (smart_resize) refuses above 200.")
+        200, ge=1, description="Longest side / shortest side; Qwen2-VL's processor (smart_resize) refuses above 200."
+    )
     image_formats: list[str] = Field(
         default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF", "BMP"], description="Accepted image formats (PIL names)."
     )
@@ -66,34 +67,55 @@ class ServeAppConfig(Section):
     """
 
     model: str | None = Field(
-        None, description="models:/name/version, models:/name@alias, runs:/..., a local folder or an s3:// prefix.")
+        None, description="models:/name/version, models:/name@alias, runs:/..., a local folder or an s3:// prefix."
+    )
     models: dict[str, str] | None = Field(
-        None, description="Several models per replica (multiplexing), by id: {id: source}. A request names its id in the "
-        "serve_multiplexed_model_id header or in its body's `model` field.")
-    max_models_per_replica: int = Field(4, gt=0, description="Multiplexing: models a replica keeps loaded (LRU beyond).")
+        None,
+        description="Several models per replica (multiplexing), by id: {id: source}. A request names its id in the "
+        "serve_multiplexed_model_id header or in its body's `model` field.",
+    )
+    max_models_per_replica: int = Field(
+        4, gt=0, description="Multiplexing: models a replica keeps loaded (LRU beyond)."
+    )
     family: str | None = Field(
-        None, description="Family whose endpoints are mounted; default: the one the model's manifest names "
-        "(`sentiray serve` reads it on the driver before deploying).")
+        None,
+        description="Family whose endpoints are mounted; default: the one the model's manifest names "
+        "(`sentiray serve` reads it on the driver before deploying).",
+    )
     kind: Literal["vlm", "causal_lm"] | None = Field(
-        None, description="Override of the manifest's model kind (a plain HF folder without sentiray.json loads as vlm).")
+        None,
+        description="Override of the manifest's model kind (a plain HF folder without sentiray.json loads as vlm).",
+    )
     dtype: Literal["float32", "bfloat16", "float16", "auto"] | None = Field(
-        None, description="Override of the manifest's dtype, for families whose loader reads it.")
+        None, description="Override of the manifest's dtype, for families whose loader reads it."
+    )
     served_model_name: str = Field("sentiray-student", min_length=1, description="The model id of the OpenAI routes.")
     endpoint: dict[str, Any] = Field(
-        default_factory=dict, description="Settings of the family's endpoint (MulCoT: chain_max_new_tokens), "
-        "checked against the family's schema.")
+        default_factory=dict,
+        description="Settings of the family's endpoint (MulCoT: chain_max_new_tokens), "
+        "checked against the family's schema.",
+    )
     chat_max_new_tokens: int = Field(256, gt=0, description="Default max_tokens of a chat completion.")
     max_concurrent_generations: int = Field(
-        1, gt=0, description="Text generations (chats, streams, chains) a replica computes at once, beside label "
-        "scoring; more wait their turn. Scoring never waits behind them.")
-    tracking_uri: str | None = Field(None, description="MLflow store for models:/ and runs:/ sources; default: the replica's MLFLOW_TRACKING_URI.")
+        1,
+        gt=0,
+        description="Text generations (chats, streams, chains) a replica computes at once, beside label "
+        "scoring; more wait their turn. Scoring never waits behind them.",
+    )
+    tracking_uri: str | None = Field(
+        None, description="MLflow store for models:/ and runs:/ sources; default: the replica's MLFLOW_TRACKING_URI."
+    )
     api_key_env: str | None = Field(None, description="Environment variable holding the API key; unset: no key needed.")
     access_log: bool = Field(
-        True, description="A log line per request in the replica's log (Serve's access log); off saves CPU per request.")
+        True, description="A log line per request in the replica's log (Serve's access log); off saves CPU per request."
+    )
     # Dynamic batching.
     max_batch_size: int = Field(8, gt=0, description="Most rows computed in one predict call.")
     batch_wait_timeout_s: float = Field(
-        0.01, ge=0, description="How long a batch may wait for requests already inside the replica (never when none is arriving).")
+        0.01,
+        ge=0,
+        description="How long a batch may wait for requests already inside the replica (never when none is arriving).",
+    )
     # Replicas.
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(2, gt=0)
@@ -102,7 +124,10 @@ class ServeAppConfig(Section):
     downscale_delay_s: float = Field(120, ge=0)
     max_ongoing_requests: int = Field(16, gt=0, description="Requests a replica works on at once (its batches).")
     max_queued_requests: int = Field(
-        64, ge=-1, description="Requests a replica holds waiting beyond max_ongoing_requests; more: 503 with Retry-After. -1: no limit.")
+        64,
+        ge=-1,
+        description="Requests a replica holds waiting beyond max_ongoing_requests; more: 503 with Retry-After. -1: no limit.",
+    )
     retry_after_s: float = Field(1, ge=0, description="Retry-After (seconds) sent with a 503 on overload.")
     num_cpus: float = Field(1, ge=0)
     num_gpus: float = Field(0, ge=0)
@@ -136,7 +161,9 @@ class ServeAppConfig(Section):
                 "a replica would never hold enough requests to fill a batch"
             )
         if self.chat_max_new_tokens > self.limits.max_new_tokens:
-            raise ValueError(f"chat_max_new_tokens ({self.chat_max_new_tokens}) > limits.max_new_tokens ({self.limits.max_new_tokens})")
+            raise ValueError(
+                f"chat_max_new_tokens ({self.chat_max_new_tokens}) > limits.max_new_tokens ({self.limits.max_new_tokens})"
+            )
         return self
 
     @property

@@ -12,7 +12,9 @@ from sentiray.config.model import ModelConfig
 
 class TeacherConfig(Section):
     backend: Literal["hf", "openai", "vllm"] = "hf"
-    name: str | None = Field(None, description="Recorded with every rationale; default: the model path or endpoint model.")
+    name: str | None = Field(
+        None, description="Recorded with every rationale; default: the model path or endpoint model."
+    )
     model: ModelConfig | None = None
     endpoint: str | None = Field(None, description="openai: base URL, e.g. http://host:8000/v1.")
     endpoint_model: str | None = Field(None, description="openai: the model name sent in requests.")
@@ -37,32 +39,43 @@ class TeacherConfig(Section):
         description="Splits whose wrong pass-1 chains get the label-conditioned pass 2 (gold labels go into the "
         "prompt: keep dev/test out unless their chains are only references).",
     )
-    lrsa_rationales: bool = Field(False, description="Also write LRSA's text_explanation and image_description (2 more generations per row).")
+    lrsa_rationales: bool = Field(
+        False, description="Also write LRSA's text_explanation and image_description (2 more generations per row)."
+    )
     lrsa_max_new_tokens: int = Field(128, gt=0)
     shard_rows: int = Field(256, gt=0, description="Rows per committed output shard (the unit of resume).")
     max_error_fraction: float = Field(
-        0.5, gt=0, le=1, description="Stop the run (nothing committed) when more than this share of a shard's rows "
-        "fail with teacher errors: the teacher is down, not the rows bad."
+        0.5,
+        gt=0,
+        le=1,
+        description="Stop the run (nothing committed) when more than this share of a shard's rows "
+        "fail with teacher errors: the teacher is down, not the rows bad.",
     )
     allow_rejects: bool = Field(
-        False, description="Finish (write _manifest.json, exit 0) even when rows are left rejected for teacher-side "
+        False,
+        description="Finish (write _manifest.json, exit 0) even when rows are left rejected for teacher-side "
         "failures (429, 5xx, timeouts, refused connections after the retries). By default such a run exits non-zero "
-        "and leaves the output incomplete; rerunning the same command retries just those rows."
+        "and leaves the output incomplete; rerunning the same command retries just those rows.",
     )
     keep_disagreeing_pass2: bool = Field(
-        False, description="Keep for training (use_for_training=true) the rows whose chain still disagrees with the "
+        False,
+        description="Keep for training (use_for_training=true) the rows whose chain still disagrees with the "
         "gold label after pass 2 was tried: a pass-2 chain whose parsed label is not the gold one, or the wrong pass-1 "
-        "chain kept because pass 2 failed. Either way the row keeps its chain and its rationale_note."
+        "chain kept because pass 2 failed. Either way the row keeps its chain and its rationale_note.",
     )
     lease_ttl_s: float = Field(
-        60, gt=0, description="A run holds a lease on data.output (_lease.json, heartbeat every ttl/4). Another run's "
+        60,
+        gt=0,
+        description="A run holds a lease on data.output (_lease.json, heartbeat every ttl/4). Another run's "
         "lease counts as abandoned after this many seconds without a heartbeat (at once if its process on this host "
-        "is gone); until then a second run on the same output stops with an error naming the first."
+        "is gone); until then a second run on the same output stops with an error naming the first.",
     )
-    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="vllm: extra vllm.LLM arguments (tensor_parallel_size, ...).")
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="vllm: extra vllm.LLM arguments (tensor_parallel_size, ...)."
+    )
 
     @model_validator(mode="after")
-    def _backend_needs(self) -> "TeacherConfig":
+    def _backend_needs(self) -> TeacherConfig:
         if self.backend in ("hf", "vllm") and self.model is None:
             raise ValueError(f"backend {self.backend!r} needs teacher.model.path")
         if self.backend == "openai" and not self.endpoint:

@@ -55,23 +55,30 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0)
     eps: float = Field(1e-8, gt=0, description="AdamW epsilon (MSE-Adapter's paper: 1e-4).")
     param_groups: dict[str, GroupConfig] = Field(
-        default_factory=dict, description="Per parameter group of the family (e.g. lrsa: encoders, new): lr, weight_decay, eps.")
+        default_factory=dict,
+        description="Per parameter group of the family (e.g. lrsa: encoders, new): lr, weight_decay, eps.",
+    )
     batch_size: int = Field(4, gt=0, description="Micro-batch per worker.")
     stream: bool = Field(
-        True, description="Stream the train split through Ray Data (transform in Ray Data actors, each worker its "
-                          "shard); false: every worker loads the whole split into memory.")
+        True,
+        description="Stream the train split through Ray Data (transform in Ray Data actors, each worker its "
+        "shard); false: every worker loads the whole split into memory.",
+    )
     data_workers: int = Field(1, gt=0, description="stream: Ray Data actors running the family's row transform.")
     data_cpus: float = Field(0.25, ge=0, description="stream: CPUs reserved per transform actor.")
     shuffle_buffer: int = Field(256, ge=0, description="stream: rows of the seeded per-epoch local shuffle (0: none).")
     prefetch_batches: int = Field(2, ge=0, description="stream: micro-batches prepared ahead of the step loop.")
     eval_batch_size: int = Field(16, gt=0, description="Rows per prediction batch in the dev evaluation.")
-    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step (an epoch's last step may take fewer).")
+    grad_accum: int = Field(
+        1, gt=0, description="Micro-batches per optimizer step (an epoch's last step may take fewer)."
+    )
     grad_clip: float | None = Field(1.0, gt=0)
     scheduler: Literal["constant", "linear", "cosine", "plateau"] = "plateau"
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     plateau: PlateauConfig = Field(default_factory=PlateauConfig)
     early_stopping_patience: int | None = Field(
-        None, gt=0, description="Stop after this many epochs in a row without a better dev selection key.")
+        None, gt=0, description="Stop after this many epochs in a row without a better dev selection key."
+    )
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload: bool = False
@@ -79,13 +86,19 @@ class TrainConfig(Section):
     cpus_per_worker: float = Field(1, gt=0)
     use_gpu: bool = False
     placement: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
-    keep_checkpoints: int = Field(2, gt=0, description="Latest checkpoints kept for resume (the best model is exported apart).")
+    keep_checkpoints: int = Field(
+        2, gt=0, description="Latest checkpoints kept for resume (the best model is exported apart)."
+    )
     max_failures: int = Field(2, ge=-1)
     seed: int = 0
     register_as: str | None = Field(None, description="MLflow registered model name (default: the family's).")
-    checkpoint_every: int | None = Field(None, gt=0, description="Also checkpoint every N optimizer steps (epoch ends always).")
+    checkpoint_every: int | None = Field(
+        None, gt=0, description="Also checkpoint every N optimizer steps (epoch ends always)."
+    )
     log_every: int = Field(5, gt=0, description="Report the training loss every N optimizer steps.")
-    deepspeed: dict[str, Any] = Field(default_factory=dict, description="Extra DeepSpeed keys; 'auto' values filled from train.")
+    deepspeed: dict[str, Any] = Field(
+        default_factory=dict, description="Extra DeepSpeed keys; 'auto' values filled from train."
+    )
     inject_fault_at_step: int | None = Field(
         None, gt=0, description="Testing: raise once in the last worker at this step, to exercise resume."
     )

@@ -25,7 +25,7 @@ def check_shape(space: dict[str, Any]) -> None:
         where = f"{key!r}"
         if not isinstance(spec, dict) or len(spec) != 1:
             raise ValueError(f"{where}: must be one of {{{'|'.join(KINDS)}: ...}}, got {spec!r}")
-        (kind, args), = spec.items()
+        ((kind, args),) = spec.items()
         if kind not in KINDS:
             raise ValueError(f"{where}: unknown distribution {kind!r}; known: {list(KINDS)}")
         if not isinstance(args, list):
@@ -73,21 +73,28 @@ class TuneConfig(Section):
     metric: str = Field(
         "dev_accuracy",
         description="What trials are compared by, at every epoch end: a dev metric of the family (dev_accuracy, "
-                    "dev_macro_f1, ...) or the epoch's mean training loss (train_loss, or per stream train_ce_c, "
-                    "train_ce_l, ...: unweighted, so they compare across loss-weight values; train_loss does not).",
+        "dev_macro_f1, ...) or the epoch's mean training loss (train_loss, or per stream train_ce_c, "
+        "train_ce_l, ...: unweighted, so they compare across loss-weight values; train_loss does not).",
     )
     mode: Literal["max", "min"] = "max"
     num_samples: int | None = Field(
-        None, gt=0, description="Trials to sample; with grid entries, passes over the whole grid. Default: 1 for the "
-                                "grid searcher, else 4.",
+        None,
+        gt=0,
+        description="Trials to sample; with grid entries, passes over the whole grid. Default: 1 for the "
+        "grid searcher, else 4.",
     )
     search_space: dict[str, Any] = Field(
-        ..., min_length=1,
+        ...,
+        min_length=1,
         description="Config field -> distribution: {choice|grid: [values]}, {uniform|loguniform: [low, high]}, "
-                    "{randint|lograndint: [low, high]} (ints, high included).",
+        "{randint|lograndint: [low, high]} (ints, high included).",
     )
-    searcher: Literal["random", "grid", "optuna"] = Field("random", description="optuna: TPE (random until it has 10 results).")
-    scheduler: Literal["fifo", "asha"] = Field("asha", description="asha stops poor trials at rungs; fifo runs each to the end.")
+    searcher: Literal["random", "grid", "optuna"] = Field(
+        "random", description="optuna: TPE (random until it has 10 results)."
+    )
+    scheduler: Literal["fifo", "asha"] = Field(
+        "asha", description="asha stops poor trials at rungs; fifo runs each to the end."
+    )
     grace_period: int = Field(1, gt=0, description="ASHA: epochs every trial trains before it may be stopped.")
     reduction_factor: float = Field(2, gt=1, description="ASHA: keep the best 1/reduction_factor at each rung.")
     max_t: int | None = Field(None, gt=0, description="Epochs of each trial (ASHA's max_t); default train.epochs.")
@@ -95,15 +102,18 @@ class TuneConfig(Section):
         None, gt=0, description="Default: as many as the cluster's CPUs (and GPUs) hold, given each trial's needs."
     )
     trial_cpus: float = Field(
-        0.5, ge=0, description="CPUs held by each trial's driver (the Tune trial that runs TorchTrainer.fit, mostly "
-                               "waiting); its Train workers hold train.num_workers x train.cpus_per_worker more, "
-                               "and a streamed input (train.stream) its Ray Data actors and a read task.",
+        0.5,
+        ge=0,
+        description="CPUs held by each trial's driver (the Tune trial that runs TorchTrainer.fit, mostly "
+        "waiting); its Train workers hold train.num_workers x train.cpus_per_worker more, "
+        "and a streamed input (train.stream) its Ray Data actors and a read task.",
     )
     seed: int | None = Field(0, description="Seed of the searcher's sampling (None: not reproducible).")
     output: str = Field("tune", description="URI of the sweep: Tune state, one folder per trial, best.yaml.")
     resume: bool | Literal["auto"] = Field(
-        "auto", description="auto: continue the sweep found at tune.output, else start one; true: it must exist; "
-                            "false: start a new one (fails if tune.output holds a sweep).",
+        "auto",
+        description="auto: continue the sweep found at tune.output, else start one; true: it must exist; "
+        "false: start a new one (fails if tune.output holds a sweep).",
     )
 
     @field_validator("search_space")
@@ -113,7 +123,7 @@ class TuneConfig(Section):
         return v
 
     @model_validator(mode="after")
-    def _consistent(self) -> "TuneConfig":
+    def _consistent(self) -> TuneConfig:
         check_searcher(self.search_space, self.searcher)
         if self.num_samples is None:
             self.num_samples = 1 if self.searcher == "grid" else 4

@@ -51,14 +51,14 @@ def parse_chain(text: str) -> dict[str, str]:
     for k, m in enumerate(markers):
         name = _FIELD_KEYS[re.sub(r"[\s_\-]", "", m.group(1)).lower()]
         end = markers[k + 1].start() if k + 1 < len(markers) else len(body)
-        value = _clean_value(body[m.end():end])
+        value = _clean_value(body[m.end() : end])
         out.setdefault(name, _norm_prediction(value) if name == "Prediction" else value)
     return out
 
 
 def _parse_chain_json(body: str) -> dict[str, str]:
     start, stop = body.find("{"), body.rfind("}")
-    candidates = [body[start:stop + 1]] if 0 <= start < stop else []
+    candidates = [body[start : stop + 1]] if 0 <= start < stop else []
     candidates.append("{" + body.rstrip().rstrip(",") + "}")
     for candidate in candidates:
         try:

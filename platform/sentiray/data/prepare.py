@@ -41,7 +41,9 @@ def run(cfg: JobConfig) -> dict[str, Any]:
         manifest = schema.write_dataset(prepared, output, shard_rows=cfg.data.shard_rows)
         stats = schema.dataset_stats(output)
         if cfg.tracking.enabled:
-            tracking.log_metrics({f"rows_{split}": n for split, n in manifest["counts"].items()} | {"rejects": manifest["rejects"]})
+            tracking.log_metrics(
+                {f"rows_{split}": n for split, n in manifest["counts"].items()} | {"rejects": manifest["rejects"]}
+            )
             tracking.log_json(manifest, "data/manifest.json")
             tracking.log_json(stats, "data/stats.json")
     print(f"data: wrote {output}: {manifest['counts']}, {manifest['rejects']} rejects")

@@ -17,8 +17,9 @@ import datetime as _dt
 import io
 import math
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -101,7 +102,13 @@ class Reject:
     raw: str = ""
 
     def as_row(self) -> dict[str, Any]:
-        return {"split": self.split, "id": self.id, "source": self.source, "reason": self.reason, "raw": self.raw[:2000]}
+        return {
+            "split": self.split,
+            "id": self.id,
+            "source": self.source,
+            "reason": self.reason,
+            "raw": self.raw[:2000],
+        }
 
 
 @dataclass
@@ -144,15 +151,18 @@ def features_to_arrow(values: list[Any], name: str = "features") -> pa.Array:
     arrays = [as_features(v, name) for v in values]
     frames = np.zeros(len(arrays) + 1, dtype=np.int32)
     np.cumsum([0 if a is None else a.shape[0] for a in arrays], out=frames[1:])
-    widths = np.concatenate([np.full(a.shape[0], a.shape[1], dtype=np.int64) for a in arrays if a is not None] or
-                            [np.zeros(0, dtype=np.int64)])
+    widths = np.concatenate(
+        [np.full(a.shape[0], a.shape[1], dtype=np.int64) for a in arrays if a is not None]
+        or [np.zeros(0, dtype=np.int64)]
+    )
     values_offsets = np.zeros(len(widths) + 1, dtype=np.int32)
     np.cumsum(widths, out=values_offsets[1:])
     flat = np.concatenate([a.reshape(-1) for a in arrays if a is not None] or [np.zeros(0, dtype=np.float32)])
     inner = pa.ListArray.from_arrays(pa.array(values_offsets), pa.array(flat, type=pa.float32()))
     mask = pa.array([a is None for a in arrays])
-    return pa.ListArray.from_arrays(pa.array(frames), inner, mask=mask if any(a is None for a in arrays) else None,
-                                    type=FEATURES_TYPE)
+    return pa.ListArray.from_arrays(
+        pa.array(frames), inner, mask=mask if any(a is None for a in arrays) else None, type=FEATURES_TYPE
+    )
 
 
 def features_from_arrow(column: pa.ChunkedArray | pa.Array) -> list[np.ndarray | None]:

@@ -36,7 +36,8 @@ from __future__ import annotations
 import io
 import json
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -58,21 +59,73 @@ SOURCE = "synthetic"
 # Everything a model can learn from the text is in these constants.
 
 SENTIMENT_ADJECTIVES = {
-    "positive": ("happy", "great", "wonderful", "amazing", "beautiful", "excited", "fantastic", "lovely",
-                 "awesome", "glad", "brilliant", "delighted"),
-    "negative": ("awful", "angry", "terrible", "horrible", "sad", "disappointing", "upset", "furious",
-                 "miserable", "annoying", "scared", "disgusting"),
+    "positive": (
+        "happy",
+        "great",
+        "wonderful",
+        "amazing",
+        "beautiful",
+        "excited",
+        "fantastic",
+        "lovely",
+        "awesome",
+        "glad",
+        "brilliant",
+        "delighted",
+    ),
+    "negative": (
+        "awful",
+        "angry",
+        "terrible",
+        "horrible",
+        "sad",
+        "disappointing",
+        "upset",
+        "furious",
+        "miserable",
+        "annoying",
+        "scared",
+        "disgusting",
+    ),
 }
 SENTIMENT_VERBS = {
     "positive": ("love", "adore", "enjoy"),
     "negative": ("hate", "dread", "detest"),
 }
 # Objective wording: a neutral text uses these and no sentiment word.
-NEUTRAL_WORDS = ("scheduled", "announced", "listed", "planned", "updated", "open", "unchanged",
-                 "reported", "located", "available", "expected", "confirmed")
+NEUTRAL_WORDS = (
+    "scheduled",
+    "announced",
+    "listed",
+    "planned",
+    "updated",
+    "open",
+    "unchanged",
+    "reported",
+    "located",
+    "available",
+    "expected",
+    "confirmed",
+)
 
-TOPICS = ("concert", "match", "meeting", "festival", "game", "trip", "parade", "lecture", "market",
-          "premiere", "launch", "exhibition", "election", "flight", "show", "dinner")
+TOPICS = (
+    "concert",
+    "match",
+    "meeting",
+    "festival",
+    "game",
+    "trip",
+    "parade",
+    "lecture",
+    "market",
+    "premiere",
+    "launch",
+    "exhibition",
+    "election",
+    "flight",
+    "show",
+    "dinner",
+)
 TIMES = ("today", "tonight", "this morning", "yesterday", "this weekend", "on friday", "last night", "at noon")
 FILLERS = ("well", "so", "ok", "btw", "fyi", "anyway", "hey", "look")
 TAGS = ("", "", "#weekend", "#news", "#photo", "#life", "#citylife", "#update", "#live")
@@ -95,9 +148,28 @@ NEUTRAL_TEMPLATES = (
 
 # Aspect-level: named entities (fictional people, real places, fictional products).
 ASPECTS = (
-    "Maya Chen", "Jon Rivera", "Coach Miller", "Dr. Patel", "Lena Fischer", "Sam Okafor", "Ana Silva",
-    "Tom Becker", "Paris", "Boston", "Central Park", "Tokyo", "Lake Geneva", "Union Station", "Berlin",
-    "AeroPhone", "Zenbook X", "SkyBus", "Riverside Rovers", "Nova Coffee", "PixelCam 3", "Orbit Airlines",
+    "Maya Chen",
+    "Jon Rivera",
+    "Coach Miller",
+    "Dr. Patel",
+    "Lena Fischer",
+    "Sam Okafor",
+    "Ana Silva",
+    "Tom Becker",
+    "Paris",
+    "Boston",
+    "Central Park",
+    "Tokyo",
+    "Lake Geneva",
+    "Union Station",
+    "Berlin",
+    "AeroPhone",
+    "Zenbook X",
+    "SkyBus",
+    "Riverside Rovers",
+    "Nova Coffee",
+    "PixelCam 3",
+    "Orbit Airlines",
 )
 # One clause per aspect; the cue word ({cue}) sits right next to the aspect ({A}) so the
 # text binds each sentiment to its aspect.
@@ -115,20 +187,35 @@ NEUTRAL_ASPECT_WORDS = ("scheduled", "announced", "listed", "planned", "updated"
 
 # msa: four intensity tiers per sign; |score| picks the tier (see _msa_tier).
 MSA_INTENSITY_WORDS = {
-    "positive": (("okay", "fine", "decent", "alright"), ("good", "nice", "enjoyable", "pleasant"),
-                 ("great", "excellent", "wonderful", "fantastic"), ("amazing", "incredible", "perfect", "brilliant")),
-    "negative": (("meh", "mediocre", "bland", "forgettable"), ("bad", "boring", "dull", "weak"),
-                 ("awful", "terrible", "painful", "horrible"), ("atrocious", "unbearable", "disastrous", "worst")),
+    "positive": (
+        ("okay", "fine", "decent", "alright"),
+        ("good", "nice", "enjoyable", "pleasant"),
+        ("great", "excellent", "wonderful", "fantastic"),
+        ("amazing", "incredible", "perfect", "brilliant"),
+    ),
+    "negative": (
+        ("meh", "mediocre", "bland", "forgettable"),
+        ("bad", "boring", "dull", "weak"),
+        ("awful", "terrible", "painful", "horrible"),
+        ("atrocious", "unbearable", "disastrous", "worst"),
+    ),
 }
 MSA_TIER_NAMES = ("weak", "moderate", "strong", "extreme")
 MSA_TIER_EDGES = (0.75, 1.5, 2.25)  # |score| <= edge -> tier index
 MSA_POLAR_TEMPLATES = (
-    "the movie was {w}", "i thought the acting was {w} and the story {w2}", "honestly it was {w}",
-    "the ending was {w} , really {w2}", "overall i found it {w}", "the soundtrack is {w} and the cast {w2}",
+    "the movie was {w}",
+    "i thought the acting was {w} and the story {w2}",
+    "honestly it was {w}",
+    "the ending was {w} , really {w2}",
+    "overall i found it {w}",
+    "the soundtrack is {w} and the cast {w2}",
 )
 MSA_NEUTRAL_TEMPLATES = (
-    "the movie is about a {subject}", "it came out last year and runs two hours", "the film follows a {subject}",
-    "i saw it on a tuesday with a friend", "the director also made a film about a {subject}",
+    "the movie is about a {subject}",
+    "it came out last year and runs two hours",
+    "the film follows a {subject}",
+    "i saw it on a tuesday with a friend",
+    "the director also made a film about a {subject}",
 )
 MSA_SUBJECTS = ("detective", "family", "soldier", "teacher", "robot", "chef", "pilot", "small town")
 MSA_ZERO_SHARE = 0.1  # share of samples with score exactly 0
@@ -145,20 +232,37 @@ EMOTION_WORDS = {
     "anger": ("furious", "hate", "ridiculous", "shut up", "enough"),
 }
 NEUTRAL_UTTERANCES = (
-    "i'll get the {obj} {time}", "did you see the {obj}", "we're meeting at the {place}", "the {obj} is in the kitchen",
-    "he said the {obj} was at the {place}", "can you pass me the {obj}", "she's at the {place} {time}",
+    "i'll get the {obj} {time}",
+    "did you see the {obj}",
+    "we're meeting at the {place}",
+    "the {obj} is in the kitchen",
+    "he said the {obj} was at the {place}",
+    "can you pass me the {obj}",
+    "she's at the {place} {time}",
 )
 EMOTION_TEMPLATES = ("{cue} ! {sent}", "{sent} . {cue}", "oh {cue} , {sent}", "{cue} . {sent}")
 ERC_OBJECTS = ("coffee", "keys", "couch", "letter", "sandwich", "tickets", "phone", "jacket")
 ERC_PLACES = ("coffee house", "apartment", "museum", "office", "restaurant", "airport")
 SPEAKERS = ("Rachel", "Ross", "Monica", "Chandler", "Joey", "Phoebe", "Gunther", "Janice")
 # MELD-like imbalance: neutral is the most common class.
-EMOTION_WEIGHTS = {"neutral": 0.30, "surprise": 0.12, "fear": 0.09, "sadness": 0.10, "joy": 0.17,
-                   "disgust": 0.10, "anger": 0.12}
+EMOTION_WEIGHTS = {
+    "neutral": 0.30,
+    "surprise": 0.12,
+    "fear": 0.09,
+    "sadness": 0.10,
+    "joy": 0.17,
+    "disgust": 0.10,
+    "anger": 0.12,
+}
 # (arousal, valence) in [-1, 1]: drive the prosody and face patterns (see _erc_features).
 EMOTION_SIGNALS = {
-    "neutral": (-0.6, 0.0), "surprise": (0.8, 0.3), "fear": (0.5, -0.6), "sadness": (-0.8, -0.7),
-    "joy": (0.6, 0.8), "disgust": (0.0, -0.8), "anger": (0.9, -0.9),
+    "neutral": (-0.6, 0.0),
+    "surprise": (0.8, 0.3),
+    "fear": (0.5, -0.6),
+    "sadness": (-0.8, -0.7),
+    "joy": (0.6, 0.8),
+    "disgust": (0.0, -0.8),
+    "anger": (0.9, -0.9),
 }
 ERC_FLAT_TEXT_SHARE = 0.2  # share of emotional utterances whose words are neutral
 AUDIO_DIM, VISION_DIM = 20, 12
@@ -235,20 +339,39 @@ def split_counts(size: int, ratios: Sequence[float]) -> dict[str, int]:
 IMAGE_OBJECTS = {
     "positive": {"sun": "a bright yellow sun with rays", "smiley": "a yellow smiling face"},
     "negative": {"storm_cloud": "a dark grey storm cloud with rain", "frown": "a grey-blue frowning face with a tear"},
-    "neutral": {"square": "a plain grey square", "rectangle": "a plain steel-blue rectangle",
-                "triangle": "a plain slate-grey triangle"},
+    "neutral": {
+        "square": "a plain grey square",
+        "rectangle": "a plain steel-blue rectangle",
+        "triangle": "a plain slate-grey triangle",
+    },
 }
 IMAGE_MOODS = {
     "positive": "it conveys a cheerful, positive mood",
     "negative": "it conveys a gloomy, negative mood",
     "neutral": "it carries no emotion, so the picture is neutral",
 }
-BACKGROUNDS = {"light blue": (200, 220, 235), "beige": (225, 220, 200), "mint": (205, 230, 210),
-               "pink": (235, 212, 222), "light grey": (205, 205, 210), "lavender": (215, 210, 235)}
-DISTRACTOR_COLOURS = {"red": (200, 40, 40), "green": (40, 150, 60), "purple": (130, 60, 160),
-                      "orange": (235, 135, 30), "white": (245, 245, 245), "brown": (120, 80, 40)}
+BACKGROUNDS = {
+    "light blue": (200, 220, 235),
+    "beige": (225, 220, 200),
+    "mint": (205, 230, 210),
+    "pink": (235, 212, 222),
+    "light grey": (205, 205, 210),
+    "lavender": (215, 210, 235),
+}
+DISTRACTOR_COLOURS = {
+    "red": (200, 40, 40),
+    "green": (40, 150, 60),
+    "purple": (130, 60, 160),
+    "orange": (235, 135, 30),
+    "white": (245, 245, 245),
+    "brown": (120, 80, 40),
+}
 DISTRACTOR_KINDS = ("dot", "bar", "ring", "cross")
-_POSITIONS = (("upper left", "top", "upper right"), ("left", "centre", "right"), ("lower left", "bottom", "lower right"))
+_POSITIONS = (
+    ("upper left", "top", "upper right"),
+    ("left", "centre", "right"),
+    ("lower left", "bottom", "lower right"),
+)
 
 
 def _jitter(rng: Rng, colour: tuple[int, int, int], amount: int) -> tuple[int, int, int]:
@@ -265,9 +388,14 @@ def _draw_main(draw: ImageDraw.ImageDraw, rng: Rng, kind: str, box: tuple[int, i
         r = w * 0.3
         for k in range(8):  # rays
             a = k * math.pi / 4 + float(rng.uniform(0, 0.3))
-            draw.line([(cx + r * 1.2 * math.cos(a), cy + r * 1.2 * math.sin(a)),
-                       (cx + w / 2 * math.cos(a), cy + h / 2 * math.sin(a))],
-                      fill=_jitter(rng, (250, 200, 20), 8), width=line)
+            draw.line(
+                [
+                    (cx + r * 1.2 * math.cos(a), cy + r * 1.2 * math.sin(a)),
+                    (cx + w / 2 * math.cos(a), cy + h / 2 * math.sin(a)),
+                ],
+                fill=_jitter(rng, (250, 200, 20), 8),
+                width=line,
+            )
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=_jitter(rng, (252, 215, 20), 8))
     elif kind in ("smiley", "frown"):
         face = (250, 210, 40) if kind == "smiley" else (120, 135, 165)
@@ -294,7 +422,9 @@ def _draw_main(draw: ImageDraw.ImageDraw, rng: Rng, kind: str, box: tuple[int, i
             draw.line([(rx, y0 + h * 0.68), (rx - w * 0.08, y0 + h * 0.95)], fill=(90, 110, 150), width=line)
     elif kind == "square":
         side = min(w, h) * 0.8
-        draw.rectangle([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], fill=_jitter(rng, (150, 150, 155), 12))
+        draw.rectangle(
+            [cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], fill=_jitter(rng, (150, 150, 155), 12)
+        )
     elif kind == "rectangle":
         draw.rectangle([x0, cy - h * 0.25, x1, cy + h * 0.25], fill=_jitter(rng, (70, 130, 180), 12))
     elif kind == "triangle":
@@ -303,13 +433,17 @@ def _draw_main(draw: ImageDraw.ImageDraw, rng: Rng, kind: str, box: tuple[int, i
         raise ValueError(kind)
 
 
-def _draw_distractor(draw: ImageDraw.ImageDraw, kind: str, box: tuple[int, int, int, int], colour: tuple, size: int) -> None:
+def _draw_distractor(
+    draw: ImageDraw.ImageDraw, kind: str, box: tuple[int, int, int, int], colour: tuple, size: int
+) -> None:
     x0, y0, x1, y1 = box
     line = max(1, size // 40)
     if kind == "dot":
         draw.ellipse(box, fill=colour)
     elif kind == "bar":
-        draw.rectangle([x0, (y0 + y1) / 2 - max(1, (y1 - y0) / 5), x1, (y0 + y1) / 2 + max(1, (y1 - y0) / 5)], fill=colour)
+        draw.rectangle(
+            [x0, (y0 + y1) / 2 - max(1, (y1 - y0) / 5), x1, (y0 + y1) / 2 + max(1, (y1 - y0) / 5)], fill=colour
+        )
     elif kind == "ring":
         draw.ellipse(box, outline=colour, width=line)
     else:  # cross
@@ -363,8 +497,10 @@ def draw_image(rng: Rng, sentiment: str, size: int) -> tuple[bytes, str, dict[st
         around = f" next to {len(others)} small unrelated shape{'s' if len(others) > 1 else ''} ({listed})"
     else:
         around = ""
-    description = (f"The image shows {IMAGE_OBJECTS[sentiment][kind]} ({extent}, {where}){around} "
-                   f"on a textured {bg_name} background; {IMAGE_MOODS[sentiment]}.")
+    description = (
+        f"The image shows {IMAGE_OBJECTS[sentiment][kind]} ({extent}, {where}){around} "
+        f"on a textured {bg_name} background; {IMAGE_MOODS[sentiment]}."
+    )
     return buf.getvalue(), description, {"shapes": shapes, "background": bg_name}
 
 
@@ -388,20 +524,27 @@ def _msc_text(rng: Rng, sentiment: str) -> tuple[str, list[str], str]:
 
 def _text_reading(sentiment: str, cues: list[str], about: str) -> str:
     if sentiment == "neutral":
-        return (f"The text reports on {about} in objective words ({_quote(cues)}) and has no sentiment "
-                f"words; read alone it is neutral.")
+        return (
+            f"The text reports on {about} in objective words ({_quote(cues)}) and has no sentiment "
+            f"words; read alone it is neutral."
+        )
     plural = "s" if len(set(cues)) > 1 else ""
     return f"The text uses the {sentiment} word{plural} {_quote(cues)} about {about}; read alone it is {sentiment}."
 
 
 _RULE_SENTENCES = {
     "agree": "Text and image agree ({t}), so there is no conflict to resolve.",
-    "polar_over_neutral": ("The text is {t} and the image is {i}; the polar modality carries the sentiment, "
-                           "so the post is {label}."),
-    "irony": ("The text is positive but the image is negative: cheerful words over a gloomy picture read as "
-              "irony or sarcasm, so the post is negative."),
-    "complaint_stands": ("The text is negative but the image is positive: a cheerful picture does not cancel "
-                         "the complaint in the words, so the post is negative."),
+    "polar_over_neutral": (
+        "The text is {t} and the image is {i}; the polar modality carries the sentiment, so the post is {label}."
+    ),
+    "irony": (
+        "The text is positive but the image is negative: cheerful words over a gloomy picture read as "
+        "irony or sarcasm, so the post is negative."
+    ),
+    "complaint_stands": (
+        "The text is negative but the image is positive: a cheerful picture does not cancel "
+        "the complaint in the words, so the post is negative."
+    ),
 }
 
 
@@ -413,14 +556,23 @@ def _msc_sample(rng: Rng, image_size: int) -> dict[str, Any]:
     label, rule = fuse(t, i)
     text, cues, topic = _msc_text(rng, t)
     image, image_desc, image_meta = draw_image(rng, i, image_size)
-    chain = format_chain({
-        "Text_analysis": _text_reading(t, cues, f"the {topic}"),
-        "Image_analysis": image_desc,
-        "Conflict_resolution": _RULE_SENTENCES[rule].format(t=t, i=i, label=label),
-        "Final_conclusion": f"Overall the post expresses a {label} sentiment.",
-        "Prediction": label,
-    })
-    meta = {"text_sentiment": t, "image_sentiment": i, "conflict": t != i, "rule": rule, "cue_words": cues, **image_meta}
+    chain = format_chain(
+        {
+            "Text_analysis": _text_reading(t, cues, f"the {topic}"),
+            "Image_analysis": image_desc,
+            "Conflict_resolution": _RULE_SENTENCES[rule].format(t=t, i=i, label=label),
+            "Final_conclusion": f"Overall the post expresses a {label} sentiment.",
+            "Prediction": label,
+        }
+    )
+    meta = {
+        "text_sentiment": t,
+        "image_sentiment": i,
+        "conflict": t != i,
+        "rule": rule,
+        "cue_words": cues,
+        **image_meta,
+    }
     return {"text": text, "image": image, "label": label, "gold_chain": chain, "meta": meta}
 
 
@@ -446,7 +598,11 @@ def _aspect_post(rng: Rng, image_size: int, n_aspects: int) -> dict[str, Any]:
         elif polarity == "neutral":
             clause, stance, cue = _pick(rng, ASPECT_CLAUSES["neutral"]), "neutral", _pick(rng, NEUTRAL_ASPECT_WORDS)
         else:
-            clause, stance, cue = _pick(rng, ASPECT_CLAUSES[polarity]), polarity, _pick(rng, SENTIMENT_ADJECTIVES[polarity])
+            clause, stance, cue = (
+                _pick(rng, ASPECT_CLAUSES[polarity]),
+                polarity,
+                _pick(rng, SENTIMENT_ADJECTIVES[polarity]),
+            )
         if k == 1:
             # From what the words show (the stance), never the hidden polarity: "but" after an
             # implicit main aspect must not tell a text-only model anything about it.
@@ -460,14 +616,30 @@ def _aspect_post(rng: Rng, image_size: int, n_aspects: int) -> dict[str, Any]:
             else:
                 clause_words.extend(token.format(cue=cue, **slots).split())
         words.extend(clause_words)
-        aspects.append({"term": term, "start": start, "end": start + len(term.split()), "polarity": polarity,
-                        "text_stance": stance, "cue": cue, "implicit": implicit, "clause": " ".join(clause_words)})
+        aspects.append(
+            {
+                "term": term,
+                "start": start,
+                "end": start + len(term.split()),
+                "polarity": polarity,
+                "text_stance": stance,
+                "cue": cue,
+                "implicit": implicit,
+                "clause": " ".join(clause_words),
+            }
+        )
     tag = _pick(rng, TAGS)
     if tag:
         words.append(tag)
     image, image_desc, image_meta = draw_image(rng, main_sentiment, image_size)
-    return {"words": words, "aspects": aspects, "image": image, "image_desc": image_desc,
-            "image_sentiment": main_sentiment, "image_meta": image_meta}
+    return {
+        "words": words,
+        "aspects": aspects,
+        "image": image,
+        "image_desc": image_desc,
+        "image_sentiment": main_sentiment,
+        "image_meta": image_meta,
+    }
 
 
 def _aspect_text_reading(aspect: dict[str, Any]) -> str:
@@ -475,8 +647,10 @@ def _aspect_text_reading(aspect: dict[str, Any]) -> str:
     if aspect["implicit"]:
         return f"The text names '{term}' ('{aspect['clause']}') without any sentiment word: neutral toward it."
     if aspect["polarity"] == "neutral":
-        return (f"Next to '{term}' the text uses the objective word '{aspect['cue']}' ('{aspect['clause']}'): "
-                "neutral toward it.")
+        return (
+            f"Next to '{term}' the text uses the objective word '{aspect['cue']}' ('{aspect['clause']}'): "
+            "neutral toward it."
+        )
     return f"Next to '{term}' the text says '{aspect['cue']}' ('{aspect['clause']}'): {aspect['polarity']} toward it."
 
 
@@ -500,8 +674,10 @@ def aspect_rationales(row: dict[str, Any]) -> dict[str, str]:
     post-level text explanation and the picture's description (what the demo teacher is fitted
     to write; also an oracle for tests and ablations)."""
     meta = json.loads(row["meta"]) if isinstance(row.get("meta"), str) else row["meta"]
-    return {"text_explanation": post_text_reading(meta["aspects"]),
-            "image_description": parse_chain(row["gold_chain"])["Image_analysis"]}
+    return {
+        "text_explanation": post_text_reading(meta["aspects"]),
+        "image_description": parse_chain(row["gold_chain"])["Image_analysis"],
+    }
 
 
 def _aspect_resolution(post: dict[str, Any], k: int) -> tuple[str, str]:
@@ -510,17 +686,23 @@ def _aspect_resolution(post: dict[str, Any], k: int) -> tuple[str, str]:
     label, term = aspect["polarity"], aspect["term"]
     if k == 0:
         if aspect["implicit"] and image_s == "neutral":
-            return (f"The text names '{term}' without any sentiment word and the image, which goes with this main "
-                    f"subject of the post, carries no emotion either, so the attitude is neutral."), "agree"
+            return (
+                f"The text names '{term}' without any sentiment word and the image, which goes with this main "
+                f"subject of the post, carries no emotion either, so the attitude is neutral."
+            ), "agree"
         if aspect["implicit"]:
-            return (f"The text is neutral toward '{term}' while the image, which goes with this main subject of the post, "
-                    f"is {image_s}; the polar modality carries the sentiment, so the attitude is {label}."), "polar_over_neutral"
+            return (
+                f"The text is neutral toward '{term}' while the image, which goes with this main subject of the post, "
+                f"is {image_s}; the polar modality carries the sentiment, so the attitude is {label}."
+            ), "polar_over_neutral"
         return f"Text and image agree ({label}) about '{term}', the main subject of the post.", "agree"
     main = post["aspects"][0]["term"]
     if image_s == label:
         return f"The words next to '{term}' and the image mood agree ({label}).", "agree"
-    return (f"The image mood ({image_s}) goes with the main subject '{main}', not with '{term}'; the words next to "
-            f"'{term}' decide, so the attitude is {label}."), "aspect_text"
+    return (
+        f"The image mood ({image_s}) goes with the main subject '{main}', not with '{term}'; the words next to "
+        f"'{term}' decide, so the attitude is {label}."
+    ), "aspect_text"
 
 
 def _masc_rows(rng: Rng, image_size: int, max_rows: int) -> list[dict[str, Any]]:
@@ -531,18 +713,35 @@ def _masc_rows(rng: Rng, image_size: int, max_rows: int) -> list[dict[str, Any]]
     for k, aspect in enumerate(post["aspects"]):
         others = [r for j, r in enumerate(readings) if j != k]
         resolution, rule = _aspect_resolution(post, k)
-        chain = format_chain({
-            "Text_analysis": " ".join([readings[k]] + [f"(Other aspect) {r}" for r in others]),
-            "Image_analysis": post["image_desc"],
-            "Conflict_resolution": resolution,
-            "Final_conclusion": f"The poster's attitude toward '{aspect['term']}' is {aspect['polarity']}.",
-            "Prediction": aspect["polarity"],
-        })
-        meta = {"target": k, "main_aspect": post["aspects"][0]["term"], "aspects": post["aspects"],
-                "image_sentiment": post["image_sentiment"], "text_sentiment": aspect["text_stance"],
-                "conflict": aspect["text_stance"] != post["image_sentiment"], "rule": rule, **post["image_meta"]}
-        rows.append({"text": " ".join(post["words"]), "aspect": aspect["term"], "image": post["image"],
-                     "label": aspect["polarity"], "gold_chain": chain, "meta": meta})
+        chain = format_chain(
+            {
+                "Text_analysis": " ".join([readings[k]] + [f"(Other aspect) {r}" for r in others]),
+                "Image_analysis": post["image_desc"],
+                "Conflict_resolution": resolution,
+                "Final_conclusion": f"The poster's attitude toward '{aspect['term']}' is {aspect['polarity']}.",
+                "Prediction": aspect["polarity"],
+            }
+        )
+        meta = {
+            "target": k,
+            "main_aspect": post["aspects"][0]["term"],
+            "aspects": post["aspects"],
+            "image_sentiment": post["image_sentiment"],
+            "text_sentiment": aspect["text_stance"],
+            "conflict": aspect["text_stance"] != post["image_sentiment"],
+            "rule": rule,
+            **post["image_meta"],
+        }
+        rows.append(
+            {
+                "text": " ".join(post["words"]),
+                "aspect": aspect["term"],
+                "image": post["image"],
+                "label": aspect["polarity"],
+                "gold_chain": chain,
+                "meta": meta,
+            }
+        )
     return rows
 
 
@@ -554,18 +753,34 @@ def _mabsa_sample(rng: Rng, image_size: int) -> dict[str, Any]:
     if post["aspects"]:
         text_analysis = " ".join(_aspect_text_reading(a) for a in post["aspects"])
         resolution = " ".join(_aspect_resolution(post, k)[0] for k in range(len(post["aspects"])))
-        conclusion = "Aspects and sentiments: " + "; ".join(f"'{a['term']}' {a['polarity']}" for a in post["aspects"]) + "."
+        conclusion = (
+            "Aspects and sentiments: " + "; ".join(f"'{a['term']}' {a['polarity']}" for a in post["aspects"]) + "."
+        )
         prediction = post["aspects"][0]["polarity"]
     else:
         text_analysis = "The text names no person, place or product, so there is no aspect to analyse."
         resolution = "With no aspect there is nothing to resolve between text and image."
         conclusion = "No aspect is mentioned, so no aspect-level sentiment is expressed."
         prediction = "neutral"
-    chain = format_chain({"Text_analysis": text_analysis, "Image_analysis": post["image_desc"],
-                          "Conflict_resolution": resolution, "Final_conclusion": conclusion, "Prediction": prediction})
+    chain = format_chain(
+        {
+            "Text_analysis": text_analysis,
+            "Image_analysis": post["image_desc"],
+            "Conflict_resolution": resolution,
+            "Final_conclusion": conclusion,
+            "Prediction": prediction,
+        }
+    )
     meta = {"aspects": post["aspects"], "image_sentiment": post["image_sentiment"], **post["image_meta"]}
-    return {"text": " ".join(post["words"]), "words": post["words"], "spans": spans, "image": post["image"],
-            "label": None, "gold_chain": chain, "meta": meta}
+    return {
+        "text": " ".join(post["words"]),
+        "words": post["words"],
+        "spans": spans,
+        "image": post["image"],
+        "label": None,
+        "gold_chain": chain,
+        "meta": meta,
+    }
 
 
 # --------------------------------------------------------------------------- msa
@@ -601,21 +816,34 @@ def _msa_features(rng: Rng, score: float) -> tuple[np.ndarray, np.ndarray, dict[
     vision = rng.normal(0.0, 1.0, size=(t_v, VISION_DIM)) + rng.normal(0.0, 0.5, size=VISION_DIM)
     vision[:, 0:2] += 0.35 * score
     vision[:, 2] += 0.8 * score * tv
-    return audio, vision, {"amplitude": amp, "frequency": freq, "energy_offset": 0.4 * score,
-                           "smile_offset": 0.35 * score, "trend_slope": 0.8 * score}
+    return (
+        audio,
+        vision,
+        {
+            "amplitude": amp,
+            "frequency": freq,
+            "energy_offset": 0.4 * score,
+            "smile_offset": 0.35 * score,
+            "trend_slope": 0.8 * score,
+        },
+    )
 
 
 def _msa_signal_reading(score: float) -> str:
     if score == 0:
-        return ("No image. Audio: a small pitch oscillation at a neutral pace and energy at the baseline; vision: "
-                "smile features at the baseline with no trend; both are neutral.")
+        return (
+            "No image. Audio: a small pitch oscillation at a neutral pace and energy at the baseline; vision: "
+            "smile features at the baseline with no trend; both are neutral."
+        )
     sign = "positive" if score > 0 else "negative"
     amp = "large" if abs(score) >= 1.5 else "small"
     pace, energy = ("faster", "above") if score > 0 else ("slower", "below")
     smile, trend = ("raised", "rising") if score > 0 else ("lowered", "falling")
-    return (f"No image. Audio: a {amp} pitch oscillation, {pace} than a neutral voice, and energy {energy} the "
-            f"baseline; vision: smile features {smile} and {trend} over the clip; both point to a {sign} sentiment of "
-            f"{MSA_TIER_NAMES[_msa_tier(score)]} intensity.")
+    return (
+        f"No image. Audio: a {amp} pitch oscillation, {pace} than a neutral voice, and energy {energy} the "
+        f"baseline; vision: smile features {smile} and {trend} over the clip; both point to a {sign} sentiment of "
+        f"{MSA_TIER_NAMES[_msa_tier(score)]} intensity."
+    )
 
 
 def _msa_sample(rng: Rng) -> dict[str, Any]:
@@ -640,20 +868,38 @@ def _msa_sample(rng: Rng) -> dict[str, Any]:
     if score == 0:
         resolution = "Text, audio and vision are all neutral; nothing conflicts."
     elif flat:
-        resolution = f"The text is neutral, but the voice and face are {label}; the non-verbal cues carry the sentiment."
+        resolution = (
+            f"The text is neutral, but the voice and face are {label}; the non-verbal cues carry the sentiment."
+        )
     else:
         resolution = f"Text, audio and vision agree: {label}."
-    chain = format_chain({
-        "Text_analysis": text_reading,
-        "Image_analysis": _msa_signal_reading(score),
-        "Conflict_resolution": resolution,
-        "Final_conclusion": f"The speaker's sentiment is {label}, about {score:+.1f} on the -3 to 3 scale.",
-        "Prediction": label,
-    })
-    meta = {"score": score, "flat_text": flat, "cue_words": cues, "audio_len": len(audio), "vision_len": len(vision),
-            "signal": {k: round(v, 4) for k, v in signal.items()}, "conflict": flat}
-    return {"text": text, "audio": _floats(audio), "vision": _floats(vision), "label": label, "score": score,
-            "gold_chain": chain, "meta": meta}
+    chain = format_chain(
+        {
+            "Text_analysis": text_reading,
+            "Image_analysis": _msa_signal_reading(score),
+            "Conflict_resolution": resolution,
+            "Final_conclusion": f"The speaker's sentiment is {label}, about {score:+.1f} on the -3 to 3 scale.",
+            "Prediction": label,
+        }
+    )
+    meta = {
+        "score": score,
+        "flat_text": flat,
+        "cue_words": cues,
+        "audio_len": len(audio),
+        "vision_len": len(vision),
+        "signal": {k: round(v, 4) for k, v in signal.items()},
+        "conflict": flat,
+    }
+    return {
+        "text": text,
+        "audio": _floats(audio),
+        "vision": _floats(vision),
+        "label": label,
+        "score": score,
+        "gold_chain": chain,
+        "meta": meta,
+    }
 
 
 # --------------------------------------------------------------------------- erc
@@ -693,8 +939,10 @@ def _erc_signal_reading(emotion: str) -> str:
     tone = "a bright tone" if valence > 0.3 else "a dark tone" if valence < -0.3 else "a level tone"
     face = "smiling" if valence > 0.3 else "frowning" if valence < -0.3 else "a relaxed face"
     moves = "animated movement" if arousal > 0.3 else "little movement" if arousal < -0.3 else "some movement"
-    return (f"No image. Audio: {voice} with {tone} and the voice signature of {emotion}; vision: {face}, {moves}, "
-            f"and the facial signature of {emotion}.")
+    return (
+        f"No image. Audio: {voice} with {tone} and the voice signature of {emotion}; vision: {face}, {moves}, "
+        f"and the facial signature of {emotion}."
+    )
 
 
 def _erc_sentiment(rng: Rng, emotion: str) -> str:
@@ -716,8 +964,9 @@ def _erc_rows(rng: Rng, max_rows: int, dialogue_id: int) -> list[dict[str, Any]]
     for u in range(n):
         emotion = emotions[int(rng.choice(len(emotions), p=weights / weights.sum()))]
         speaker = SPEAKERS[int(speakers[u % len(speakers)])]
-        sent = _pick(rng, NEUTRAL_UTTERANCES).format(obj=_pick(rng, ERC_OBJECTS), place=_pick(rng, ERC_PLACES),
-                                                     time=_pick(rng, TIMES))
+        sent = _pick(rng, NEUTRAL_UTTERANCES).format(
+            obj=_pick(rng, ERC_OBJECTS), place=_pick(rng, ERC_PLACES), time=_pick(rng, TIMES)
+        )
         flat = emotion != "neutral" and rng.random() < ERC_FLAT_TEXT_SHARE
         if emotion == "neutral" or flat:
             text, cue = sent, None
@@ -734,26 +983,45 @@ def _erc_rows(rng: Rng, max_rows: int, dialogue_id: int) -> list[dict[str, Any]]
             resolution = f"The words are flat, but the voice and face show {emotion}; the non-verbal cues decide."
         else:
             resolution = f"Words, voice and face agree on {emotion}."
-        chain = format_chain({
-            "Text_analysis": text_reading,
-            "Image_analysis": _erc_signal_reading(emotion),
-            "Conflict_resolution": resolution,
-            "Final_conclusion": f"{speaker}'s emotion in this utterance is {emotion}.",
-            "Prediction": emotion,
-        })
-        meta = {"speaker": speaker, "dialogue_id": dialogue_id, "utterance_id": u, "emotion": emotion,
-                "sentiment": _erc_sentiment(rng, emotion), "cue_word": cue, "flat_text": flat, "conflict": flat,
-                "strength": round(strength, 4)}
-        rows.append({"text": _tidy(text), "audio": _floats(audio), "vision": _floats(vision), "label": emotion,
-                     "gold_chain": chain, "meta": meta})
+        chain = format_chain(
+            {
+                "Text_analysis": text_reading,
+                "Image_analysis": _erc_signal_reading(emotion),
+                "Conflict_resolution": resolution,
+                "Final_conclusion": f"{speaker}'s emotion in this utterance is {emotion}.",
+                "Prediction": emotion,
+            }
+        )
+        meta = {
+            "speaker": speaker,
+            "dialogue_id": dialogue_id,
+            "utterance_id": u,
+            "emotion": emotion,
+            "sentiment": _erc_sentiment(rng, emotion),
+            "cue_word": cue,
+            "flat_text": flat,
+            "conflict": flat,
+            "strength": round(strength, 4),
+        }
+        rows.append(
+            {
+                "text": _tidy(text),
+                "audio": _floats(audio),
+                "vision": _floats(vision),
+                "label": emotion,
+                "gold_chain": chain,
+                "meta": meta,
+            }
+        )
     return rows
 
 
 # --------------------------------------------------------------------------- driver
 
 
-def generate(task: str, size: int, seed: int = 0, image_size: int = 64,
-             split_ratios: Sequence[float] = (0.8, 0.1, 0.1)) -> PreparedDataset:
+def generate(
+    task: str, size: int, seed: int = 0, image_size: int = 64, split_ratios: Sequence[float] = (0.8, 0.1, 0.1)
+) -> PreparedDataset:
     """A synthetic data set of ``size`` rows over train/dev/test for ``task``.
 
     Rows of one post (masc) or one dialogue (erc) never straddle two splits. The same
@@ -783,12 +1051,23 @@ def generate(task: str, size: int, seed: int = 0, image_size: int = 64,
             for values in make(counts[split] - len(rows)):
                 meta = values.pop("meta")
                 meta["group"] = group
-                rows.append(canonical_row(id=f"synthetic-{task}-{split}-{len(rows):06d}", task=task, source=SOURCE,
-                                          meta=json.dumps(meta, sort_keys=True), **values))
+                rows.append(
+                    canonical_row(
+                        id=f"synthetic-{task}-{split}-{len(rows):06d}",
+                        task=task,
+                        source=SOURCE,
+                        meta=json.dumps(meta, sort_keys=True),
+                        **values,
+                    )
+                )
             group += 1
         splits[split] = rows
-    notes = {"generator": "sentiray.data.synthetic", "seed": int(seed), "image_size": image_size,
-             "split_ratios": list(split_ratios)}
+    notes = {
+        "generator": "sentiray.data.synthetic",
+        "seed": int(seed),
+        "image_size": image_size,
+        "split_ratios": list(split_ratios),
+    }
     if task == "msc":
         notes["fusion_rule"] = FUSION_RULE
         notes["conflicting_posts"] = sum('"conflict": true' in r["meta"] for rows in splits.values() for r in rows)

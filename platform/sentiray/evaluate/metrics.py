@@ -8,7 +8,7 @@ Reasoning: sentence BLEU-4 (13a tokenization, averaged), ROUGE-L F1, embedding c
 from __future__ import annotations
 
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -24,8 +24,15 @@ def classification(golds: Sequence[str], preds: Sequence[str | None], labels: Se
         raise ValueError(f"{len(golds)} gold labels but {len(preds)} predictions")
     n = len(golds)
     if n == 0:
-        return {"n": 0, "accuracy": 0.0, "macro_f1": 0.0, "weighted_f1": 0.0, "unparseable": 0,
-                "labels": list(labels), "confusion": []}
+        return {
+            "n": 0,
+            "accuracy": 0.0,
+            "macro_f1": 0.0,
+            "weighted_f1": 0.0,
+            "unparseable": 0,
+            "labels": list(labels),
+            "confusion": [],
+        }
     none = "<unparseable>"
     p = [x if x is not None else none for x in preds]
     all_labels = list(labels) + ([none] if none in p else [])

@@ -35,12 +35,23 @@ from typing import Any
 import numpy as np
 
 # The bin edges of the SIMS metrics (right-closed intervals), from the reference.
-SIMS_BINS = {"Mult_acc_2": (-1.01, 0.0, 1.01), "Mult_acc_3": (-1.01, -0.1, 0.1, 1.01),
-             "Mult_acc_5": (-1.01, -0.7, -0.1, 0.1, 0.7, 1.01)}
+SIMS_BINS = {
+    "Mult_acc_2": (-1.01, 0.0, 1.01),
+    "Mult_acc_3": (-1.01, -0.1, 0.1, 1.01),
+    "Mult_acc_5": (-1.01, -0.7, -0.1, 0.1, 0.7, 1.01),
+}
 WEAK = 0.4  # |label| bound of the weak-sentiment rows (MSE-Adapter's Mult_acc_2_weak)
 # The emotion index each data set's reference uses (MSE-Adapter's label_index_mapping).
 MELD_LABELS = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")
-CHERMA_LABELS = ("anger", "disgust", "fear", "happiness", "calm", "sadness", "surprise")  # 愤怒 厌恶 恐惧 高兴 平静 悲伤 惊奇
+CHERMA_LABELS = (
+    "anger",
+    "disgust",
+    "fear",
+    "happiness",
+    "calm",
+    "sadness",
+    "surprise",
+)  # 愤怒 厌恶 恐惧 高兴 平静 悲伤 惊奇
 
 
 def _f32(values: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -87,16 +98,18 @@ def mosei(preds: Sequence[float], labels: Sequence[float]) -> dict[str, float]:
     else:  # MMSA would raise (an empty float index array)
         non0_acc = non0_f1 = float("nan")
     binary_truth, binary_preds = test_truth >= 0, test_preds >= 0
-    return _round({
-        "Has0_acc_2": accuracy_score(binary_preds, binary_truth),
-        "Has0_F1_score": _f1_weighted(binary_truth, binary_preds),
-        "Non0_acc_2": non0_acc,
-        "Non0_F1_score": non0_f1,
-        "Mult_acc_5": mult_a5,
-        "Mult_acc_7": mult_a7,
-        "MAE": mae,
-        "Corr": corr,
-    })
+    return _round(
+        {
+            "Has0_acc_2": accuracy_score(binary_preds, binary_truth),
+            "Has0_F1_score": _f1_weighted(binary_truth, binary_preds),
+            "Non0_acc_2": non0_acc,
+            "Non0_F1_score": non0_f1,
+            "Mult_acc_5": mult_a5,
+            "Mult_acc_7": mult_a7,
+            "MAE": mae,
+            "Corr": corr,
+        }
+    )
 
 
 def _sims_classes(values: np.ndarray, edges: Sequence[float]) -> np.ndarray:
@@ -111,8 +124,9 @@ def sims(preds: Sequence[float], labels: Sequence[float], v2_additions: bool = F
     """SIMS (MMSA's ``__eval_sims_regression``); with ``v2_additions`` MSE-Adapter's SIMS-V2 version."""
     test_preds = np.clip(_f32(preds), a_min=-1.0, a_max=1.0)
     test_truth = np.clip(_f32(labels), a_min=-1.0, a_max=1.0)
-    classes = {name: (_sims_classes(test_preds, edges), _sims_classes(test_truth, edges))
-               for name, edges in SIMS_BINS.items()}
+    classes = {
+        name: (_sims_classes(test_preds, edges), _sims_classes(test_truth, edges)) for name, edges in SIMS_BINS.items()
+    }
     with np.errstate(invalid="ignore", divide="ignore"):
         mae = np.mean(np.absolute(test_preds - test_truth)).astype(np.float64)
     out: dict[str, Any] = {name: _multiclass_acc(*classes[name]) for name in SIMS_BINS}
@@ -123,8 +137,9 @@ def sims(preds: Sequence[float], labels: Sequence[float], v2_additions: bool = F
 
         weak = np.where((test_truth >= -WEAK) & (test_truth <= WEAK))[0]
         edges = SIMS_BINS["Mult_acc_2"]
-        out["Mult_acc_2_weak"] = _multiclass_acc(_sims_classes(test_preds[weak], edges),
-                                                 _sims_classes(test_truth[weak], edges))
+        out["Mult_acc_2_weak"] = _multiclass_acc(
+            _sims_classes(test_preds[weak], edges), _sims_classes(test_truth[weak], edges)
+        )
         out["R_squre"] = r2_score(test_truth, test_preds) if len(test_truth) > 1 else float("nan")
     return _round(out)
 
@@ -133,7 +148,9 @@ def emotion(preds: Sequence[float | int], labels: Sequence[int]) -> dict[str, fl
     """MELD / CHERMA: accuracy and weighted F1 over class indices (MSE-Adapter's metricsTop)."""
     from sklearn.metrics import accuracy_score
 
-    return _round({"acc": accuracy_score(labels, preds), "weight_F1": _f1_weighted(np.asarray(labels), np.asarray(preds))})
+    return _round(
+        {"acc": accuracy_score(labels, preds), "weight_F1": _f1_weighted(np.asarray(labels), np.asarray(preds))}
+    )
 
 
 # --------------------------------------------------------------------------- prediction lines

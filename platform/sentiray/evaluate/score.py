@@ -59,8 +59,10 @@ SCORERS: dict[str, Scorer] = {
     "mabsa": spans.span_scores,  # VLP-MABSA's jmasa_*, mate_*, masc_* over spans
     # MMSA / MSE-Adapter arithmetic (evaluate/regression.py): {"pred": float, "label": float}
     # lines for mosi..simsv2, labels or class indices for meld / cherma.
-    **{name: regression.scorer(kind) for name, kind in
-       (("mosi", "mosei"), ("mosei", "mosei"), ("sims", "sims"), ("simsv2", "simsv2"))},
+    **{
+        name: regression.scorer(kind)
+        for name, kind in (("mosi", "mosei"), ("mosei", "mosei"), ("sims", "sims"), ("simsv2", "simsv2"))
+    },
     "meld": regression.scorer("meld", regression.MELD_LABELS),
     "cherma": regression.scorer("cherma", regression.CHERMA_LABELS),
 }
@@ -110,9 +112,11 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def add_commands(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "score", help="the field's metrics of a predictions file (JSONL)",
+        "score",
+        help="the field's metrics of a predictions file (JSONL)",
         description="Score a JSONL predictions file with the metrics the field reports for TASK. Lines: "
-                    '{"pred": ..., "label": ...}, or for span tasks {"pred": [[start, end, polarity], ...], "gold": [...]}.')
+        '{"pred": ..., "label": ...}, or for span tasks {"pred": [[start, end, polarity], ...], "gold": [...]}.',
+    )
     p.add_argument("--task", required=True, help=f"one of: {', '.join(tasks())}")
     p.add_argument("file", help="predictions.jsonl (e.g. the one `sentiray evaluate` writes)")
     p.add_argument("--json", action="store_true", help="print one JSON object of metric name -> value")

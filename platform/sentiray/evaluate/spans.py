@@ -36,8 +36,16 @@ from sentiray.data.schema import DataError
 
 POLARITIES = ("positive", "neutral", "negative")
 CONFLICT = "conflict"
-_ALIASES = {"pos": "positive", "neu": "neutral", "neg": "negative", "con": CONFLICT,
-            "positive": "positive", "neutral": "neutral", "negative": "negative", "conflict": CONFLICT}
+_ALIASES = {
+    "pos": "positive",
+    "neu": "neutral",
+    "neg": "negative",
+    "con": CONFLICT,
+    "positive": "positive",
+    "neutral": "neutral",
+    "negative": "negative",
+    "conflict": CONFLICT,
+}
 
 Span = tuple[int, int, str]
 
@@ -225,8 +233,20 @@ class SpanCounts:
         out["masc_p"], out["masc_r"] = pre_sum, rec_sum
         out["masc_n"] = float(self.sc_all_num)
         out["invalid"] = self.invalid / self.total if self.total else 0.0
-        order = ("jmasa_p", "jmasa_r", "jmasa_f1", "mate_p", "mate_r", "mate_f1", "masc_acc", "masc_f1",
-                 "masc_p", "masc_r", "masc_n", "invalid")
+        order = (
+            "jmasa_p",
+            "jmasa_r",
+            "jmasa_f1",
+            "mate_p",
+            "mate_r",
+            "mate_f1",
+            "masc_acc",
+            "masc_f1",
+            "masc_p",
+            "masc_r",
+            "masc_n",
+            "invalid",
+        )
         return {k: out[k] for k in order}
 
 

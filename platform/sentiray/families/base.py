@@ -114,7 +114,7 @@ class Predictor(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def load(cls, folder: str, manifest: dict[str, Any], device: str | None = None) -> "Predictor":
+    def load(cls, folder: str, manifest: dict[str, Any], device: str | None = None) -> Predictor:
         """The predictor of an exported model folder (local)."""
 
     @abc.abstractmethod
@@ -142,8 +142,9 @@ class Predictor(abc.ABC):
         """The predict options ``sentiray evaluate`` uses, from the job (its family section)."""
         return {}
 
-    def report(self, rows: list[dict[str, Any]], predictions: list[dict[str, Any]],
-               options: dict[str, Any] | None = None) -> dict[str, Any]:
+    def report(
+        self, rows: list[dict[str, Any]], predictions: list[dict[str, Any]], options: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """What ``sentiray evaluate`` writes into report.json: ``metrics`` (flat numbers, logged
         to MLflow) and anything else worth keeping (a confusion matrix, reasoning metrics)."""
         return {"metrics": self.metrics(rows, predictions)}
@@ -152,14 +153,17 @@ class Predictor(abc.ABC):
         """The body of report.md (empty: a table of the metrics)."""
         return ""
 
-    def plots(self, rows: list[dict[str, Any]], predictions: list[dict[str, Any]], report: dict[str, Any]) -> dict[str, Any]:
+    def plots(
+        self, rows: list[dict[str, Any]], predictions: list[dict[str, Any]], report: dict[str, Any]
+    ) -> dict[str, Any]:
         """Named matplotlib figures (``confusion.png``, ``scatter.png``, ...)."""
         return {}
 
     # ------------------------------------------------------------------ chat (optional)
 
-    def generate(self, prompts: list[str], images: list[Any], max_new_tokens: int, temperature: float = 0.0,
-                 **kwargs: Any) -> list[Any]:
+    def generate(
+        self, prompts: list[str], images: list[Any], max_new_tokens: int, temperature: float = 0.0, **kwargs: Any
+    ) -> list[Any]:
         raise NotImplementedError(f"family {self.manifest.get('family')!r} does not write free text")
 
 
@@ -219,8 +223,10 @@ class Family(abc.ABC):
         from sentiray.config import ConfigError
 
         if self.tasks and self.task not in self.tasks:
-            raise ConfigError(f"train.family {self.name!r} trains on {' or '.join(self.tasks)} data; "
-                              f"{self.data_uri()} holds {self.task!r}")
+            raise ConfigError(
+                f"train.family {self.name!r} trains on {' or '.join(self.tasks)} data; "
+                f"{self.data_uri()} holds {self.task!r}"
+            )
 
     def run_name(self) -> str:
         """The MLflow run name of its training stage."""

@@ -62,13 +62,19 @@ class LrsaFamily(Family):
         s = self.settings
         unknown = set(self.job.train.param_groups) - {"encoders", "new"}
         if unknown:
-            raise ConfigError(f"train.param_groups: the lrsa family has the groups 'encoders' (text, rationale and vision "
-                              f"encoders) and 'new' (the layers it adds), not {sorted(unknown)}")
+            raise ConfigError(
+                f"train.param_groups: the lrsa family has the groups 'encoders' (text, rationale and vision "
+                f"encoders) and 'new' (the layers it adds), not {sorted(unknown)}"
+            )
         if s.image == "vision_model" and not s.vision_model:
-            raise ConfigError("lrsa.vision_model: required with lrsa.image 'vision_model' (or set lrsa.image: regions | none)")
+            raise ConfigError(
+                "lrsa.vision_model: required with lrsa.image 'vision_model' (or set lrsa.image: regions | none)"
+            )
         if self.job.model.kind != "encoder":
-            raise ConfigError(f"model.kind: the lrsa family's model.path is a text encoder (kind 'encoder'), "
-                              f"got {self.job.model.kind!r}")
+            raise ConfigError(
+                f"model.kind: the lrsa family's model.path is a text encoder (kind 'encoder'), "
+                f"got {self.job.model.kind!r}"
+            )
         self._check_models()
         self._check_columns()
         self._check_lora()
@@ -81,8 +87,11 @@ class LrsaFamily(Family):
         from sentiray.models.lrsa import hidden_size
 
         s = self.settings
-        for field, path in (("model.path", self.job.model.path), ("lrsa.vision_model", s.vision_model),
-                            ("lrsa.rationale_encoder", s.rationale_encoder)):
+        for field, path in (
+            ("model.path", self.job.model.path),
+            ("lrsa.vision_model", s.vision_model),
+            ("lrsa.rationale_encoder", s.rationale_encoder),
+        ):
             if path and (field != "lrsa.vision_model" or s.image == "vision_model"):
                 try:
                     resolve_model_path(path)
@@ -90,7 +99,9 @@ class LrsaFamily(Family):
                     raise ConfigError(f"{field}: {exc}") from None
         width = hidden_size(AutoConfig.from_pretrained(resolve_model_path(self.job.model.path)))
         if width % s.cross_heads:
-            raise ConfigError(f"lrsa.cross_heads: {s.cross_heads} heads do not divide the encoder's hidden size {width}")
+            raise ConfigError(
+                f"lrsa.cross_heads: {s.cross_heads} heads do not divide the encoder's hidden size {width}"
+            )
 
     def _check_columns(self) -> None:
         """The rationale (and region) columns the settings name exist and are not all empty."""
@@ -99,11 +110,16 @@ class LrsaFamily(Family):
         s = self.settings
         names = _column_names(self.data_uri())
         for column in (c for c in self.columns if c not in BASE_COLUMNS):
-            field = {s.text_rationale_column: "lrsa.text_rationale_column",
-                     s.image_rationale_column: "lrsa.image_rationale_column"}.get(column, "lrsa.region_column")
+            field = {
+                s.text_rationale_column: "lrsa.text_rationale_column",
+                s.image_rationale_column: "lrsa.image_rationale_column",
+            }.get(column, "lrsa.region_column")
             if column not in names:
-                hint = ("the teacher stage writes it with teacher.lrsa_rationales: true; or set lrsa.rationales: none"
-                        if field != "lrsa.region_column" else "add the features to the data, or set lrsa.image")
+                hint = (
+                    "the teacher stage writes it with teacher.lrsa_rationales: true; or set lrsa.rationales: none"
+                    if field != "lrsa.region_column"
+                    else "add the features to the data, or set lrsa.image"
+                )
                 raise ConfigError(f"{field}: {self.data_uri()} train has no column {column!r} ({hint})")
             values = schema.read_table(self.data_uri(), "train", [column]).column(column)
             if values.null_count == len(values):
@@ -122,8 +138,10 @@ class LrsaFamily(Family):
             net = AutoModel.from_config(AutoConfig.from_pretrained(resolve_model_path(self.job.model.path)))
         leaves = {name.rsplit(".", 1)[-1] for name, _ in net.named_modules()}
         if not set(lora.target_modules) & leaves:
-            raise ConfigError(f"model.lora.target_modules: none of {lora.target_modules} is a module of the encoder "
-                              f"(e.g. BERT: query, key, value, dense; it has {sorted(leaves)[:12]} ...)")
+            raise ConfigError(
+                f"model.lora.target_modules: none of {lora.target_modules} is a module of the encoder "
+                f"(e.g. BERT: query, key, value, dense; it has {sorted(leaves)[:12]} ...)"
+            )
 
     # ------------------------------------------------------------------ model
 
@@ -143,8 +161,15 @@ class LrsaFamily(Family):
                 from sentiray.models.loading import resolve_model_path
 
                 processor = AutoImageProcessor.from_pretrained(resolve_model_path(s.vision_model))
-            self._inputs = lrsa.LrsaInputs(self.arch(), tokenizer, rationale_tok, processor, s.text_rationale_column,
-                                           s.image_rationale_column, s.region_column)
+            self._inputs = lrsa.LrsaInputs(
+                self.arch(),
+                tokenizer,
+                rationale_tok,
+                processor,
+                s.text_rationale_column,
+                s.image_rationale_column,
+                s.region_column,
+            )
         return self._inputs
 
     def build_model(self) -> torch.nn.Module:
@@ -212,8 +237,9 @@ class LrsaFamily(Family):
         batch = {k: v.to(device) for k, v in batch.items()}
         logits = model(**batch)["logits"]
         if self.task == "mabsa":
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1),
-                                                     ignore_index=-100)
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1), ignore_index=-100
+            )
             return loss, {"loss": float(loss.detach()), "ce_tags": float(loss.detach())}
         loss = torch.nn.functional.cross_entropy(logits, batch["label"])
         return loss, {"loss": float(loss.detach()), "ce_label": float(loss.detach())}
@@ -225,7 +251,7 @@ class LrsaFamily(Family):
             return Selection((("dev_jmasa_f1", "max"), ("dev_mate_f1", "max")))
         return Selection((("dev_accuracy", "max"), ("dev_macro_f1", "max")))
 
-    def predictor(self, model: torch.nn.Module) -> "LrsaPredictor":
+    def predictor(self, model: torch.nn.Module) -> LrsaPredictor:
         return LrsaPredictor(self.manifest(), _unwrap(model), self.inputs())
 
     def export(self, model: torch.nn.Module, out_dir: str) -> None:
@@ -237,8 +263,12 @@ class LrsaFamily(Family):
         import dataclasses
 
         arch = self.arch()
-        return {**super().manifest(), "kind": "encoder", "takes_images": arch.image != "none",
-                "lrsa": dataclasses.asdict(arch)}
+        return {
+            **super().manifest(),
+            "kind": "encoder",
+            "takes_images": arch.image != "none",
+            "lrsa": dataclasses.asdict(arch),
+        }
 
 
 def _column_names(data_uri: str) -> set[str]:
@@ -290,7 +320,7 @@ class LrsaPredictor(Predictor):
         self.model, self.inputs = model, inputs
 
     @classmethod
-    def load(cls, folder: str, manifest: dict[str, Any], device: str | None = None) -> "LrsaPredictor":
+    def load(cls, folder: str, manifest: dict[str, Any], device: str | None = None) -> LrsaPredictor:
         from sentiray.models import lrsa
 
         model, inputs = lrsa.load(folder, device=device)
@@ -347,8 +377,10 @@ class LrsaPredictor(Predictor):
                 elif row.get(columns[k]):
                     entry[k] = {"source": "teacher", "text": row[columns[k]]}
                 else:
-                    entry[k] = {"source": "none", "reason": why.get(k) or ("not given, and no teacher asked" if
-                                                                            not teacher else "not given")}
+                    entry[k] = {
+                        "source": "none",
+                        "reason": why.get(k) or ("not given, and no teacher asked" if not teacher else "not given"),
+                    }
             sources.append(entry)
         return sources
 
@@ -379,8 +411,15 @@ class LrsaPredictor(Predictor):
             confidence.append(float(probs[token, best]))
         found = []
         for start, end, polarity in span_tags.from_bio(tags):
-            found.append({"term": " ".join(words[start:end]), "start": start, "end": end, "polarity": polarity,
-                          "probability": sum(confidence[start:end]) / (end - start)})
+            found.append(
+                {
+                    "term": " ".join(words[start:end]),
+                    "start": start,
+                    "end": end,
+                    "polarity": polarity,
+                    "probability": sum(confidence[start:end]) / (end - start),
+                }
+            )
         out: dict[str, Any] = {"spans": found}
         if row.get("aspect"):
             out.update(self._aspect_polarity(row, words, example, probs))
@@ -407,8 +446,10 @@ class LrsaPredictor(Predictor):
         return {"label": max(normed, key=normed.get), "probs": normed}
 
     def _label(self, probs: torch.Tensor) -> dict[str, Any]:
-        return {"label": SENTIMENT_LABELS[int(probs.argmax())],
-                "probs": {label: float(v) for label, v in zip(SENTIMENT_LABELS, probs)}}
+        return {
+            "label": SENTIMENT_LABELS[int(probs.argmax())],
+            "probs": {label: float(v) for label, v in zip(SENTIMENT_LABELS, probs)},
+        }
 
     # ------------------------------------------------------------------ scoring and reports
 
@@ -422,7 +463,10 @@ class LrsaPredictor(Predictor):
     def report(self, rows, predictions, options: dict[str, Any] | None = None) -> dict[str, Any]:
         from sentiray.evaluate.stage import predict_rows
 
-        report: dict[str, Any] = {"metrics": dict(self.metrics(rows, predictions)), "confusion": self._confusion(rows, predictions)}
+        report: dict[str, Any] = {
+            "metrics": dict(self.metrics(rows, predictions)),
+            "confusion": self._confusion(rows, predictions),
+        }
         if (options or {}).get("compare_without_rationales") and self.inputs.arch.kinds:
             bare = predict_rows(self, rows, self.batch_size, {"rationales": False}, desc="evaluate (no rationales)")
             report["metrics"].update({f"norat_{k}": v for k, v in self.metrics(rows, bare).items()})
@@ -446,21 +490,32 @@ class LrsaPredictor(Predictor):
     def report_markdown(self, report: dict[str, Any]) -> str:
         m = report["metrics"]
         if self.task == "mabsa":
-            lines = ["| rationales | JMASA P | JMASA R | JMASA F1 | MATE P | MATE R | MATE F1 | MASC acc | MASC F1 |",
-                     "| --- |" + " --- |" * 8]
+            lines = [
+                "| rationales | JMASA P | JMASA R | JMASA F1 | MATE P | MATE R | MATE F1 | MASC acc | MASC F1 |",
+                "| --- |" + " --- |" * 8,
+            ]
             for prefix, name in (("", "as given"), ("norat_", "withheld")):
                 if f"{prefix}jmasa_f1" in m:
                     keys = ("jmasa_p", "jmasa_r", "jmasa_f1", "mate_p", "mate_r", "mate_f1", "masc_acc", "masc_f1")
                     lines.append(f"| {name} | " + " | ".join(f"{100 * m[prefix + k]:.2f}" for k in keys) + " |")
         else:
-            lines = ["| rationales | accuracy | macro-F1 | weighted-F1 | MASC F1 (VLP-MABSA) |", "| --- | --- | --- | --- | --- |"]
+            lines = [
+                "| rationales | accuracy | macro-F1 | weighted-F1 | MASC F1 (VLP-MABSA) |",
+                "| --- | --- | --- | --- | --- |",
+            ]
             for prefix, name in (("", "as given"), ("norat_", "withheld")):
                 if f"{prefix}accuracy" in m:
                     keys = ("accuracy", "macro_f1", "weighted_f1", "masc_f1")
                     lines.append(f"| {name} | " + " | ".join(f"{100 * m[prefix + k]:.2f}" for k in keys) + " |")
-        lines += ["", "Polarity confusion (rows gold, columns predicted" +
-                  ("; spans found exactly" if self.task == "mabsa" else "") + "):", "",
-                  "| gold \\ predicted | " + " | ".join(SENTIMENT_LABELS) + " |", "| --- |" + " --- |" * 3]
+        lines += [
+            "",
+            "Polarity confusion (rows gold, columns predicted"
+            + ("; spans found exactly" if self.task == "mabsa" else "")
+            + "):",
+            "",
+            "| gold \\ predicted | " + " | ".join(SENTIMENT_LABELS) + " |",
+            "| --- |" + " --- |" * 3,
+        ]
         for label, row in zip(SENTIMENT_LABELS, report["confusion"]):
             lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
         return "\n".join(lines) + "\n"
@@ -479,8 +534,9 @@ def span_bars(metrics: dict[str, float]):
     from sentiray.evaluate.plots import plt
 
     groups = [("JMASA", "jmasa"), ("MATE", "mate")]
-    variants = [(p, n) for p, n in (("", "rationales as given"), ("norat_", "rationales withheld"))
-                if f"{p}jmasa_f1" in metrics]
+    variants = [
+        (p, n) for p, n in (("", "rationales as given"), ("norat_", "rationales withheld")) if f"{p}jmasa_f1" in metrics
+    ]
     fig, ax = plt.subplots(figsize=(7, 4))
     labels, width = [], 0.8 / max(1, len(variants))
     names = [f"{g} {m}" for g, _ in groups for m in ("P", "R", "F1")] + ["MASC acc", "MASC F1"]

@@ -39,18 +39,26 @@ class LrsaSettings(BaseModel):
     from the request or not at all)."""
 
     model_config = {"extra": "forbid"}
-    teacher_url: str | None = Field(None, description="OpenAI-compatible base URL (…/v1) that writes missing rationales.")
+    teacher_url: str | None = Field(
+        None, description="OpenAI-compatible base URL (…/v1) that writes missing rationales."
+    )
     teacher_model: str = Field("teacher", description="The model name sent to the teacher endpoint.")
     teacher_api_key_env: str | None = Field(None, description="Environment variable holding the teacher's API key.")
     teacher_timeout_s: float = Field(10.0, gt=0, description="The most a request waits for its rationales.")
     teacher_max_in_flight: int = Field(4, gt=0, description="Teacher calls in flight at once, per replica.")
     teacher_max_tokens: int = Field(128, gt=0, description="Length limit of a rationale.")
-    prompts_dir: str | None = Field(None, description="Prompt templates overriding explain_text.txt / describe_image.txt.")
+    prompts_dir: str | None = Field(
+        None, description="Prompt templates overriding explain_text.txt / describe_image.txt."
+    )
 
 
 class RationaleFields(StrictBody):
-    text_explanation: str | None = Field(None, description="The teacher's explanation of the text (L_t), if you have it.")
-    image_description: str | None = Field(None, description="The teacher's description of the image (L_i), if you have it.")
+    text_explanation: str | None = Field(
+        None, description="The teacher's explanation of the text (L_t), if you have it."
+    )
+    image_description: str | None = Field(
+        None, description="The teacher's description of the image (L_i), if you have it."
+    )
     teacher: bool = Field(True, description="Ask the configured teacher for the rationales the request lacks.")
     model: str | None = Field(None, description="Which model answers, on an endpoint serving several (multiplexed).")
 
@@ -111,7 +119,7 @@ def _common(req: Any, context: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         if not context.takes_images:
             raise ApiError(400, "image: this model reads no images (lrsa.image: none)", "images_not_supported")
         row["image"] = check_image("image", req.image, limits)
-    for kind, column in COLUMNS.items():
+    for column in COLUMNS.values():
         value = getattr(req, column)
         if value is not None:
             check_text(column, value, limits.max_text_chars)
@@ -128,8 +136,12 @@ def _common(req: Any, context: Any) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def parse_aspects(req: AspectsRequest, context: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     if context.task != "mabsa":
-        raise ApiError(400, f"model: it was trained on {context.task} data (polarity of a given aspect): ask "
-                            "/v1/sentiment with an aspect; /v1/aspects needs a model trained on mabsa data", "wrong_task")
+        raise ApiError(
+            400,
+            f"model: it was trained on {context.task} data (polarity of a given aspect): ask "
+            "/v1/sentiment with an aspect; /v1/aspects needs a model trained on mabsa data",
+            "wrong_task",
+        )
     row, options = _common(req, context)
     return [row], options
 
@@ -158,29 +170,57 @@ def _info(model_info: dict[str, Any]) -> tuple[ModelInfo, Timings]:
     return ModelInfo(**{k: model_info[k] for k in ("id", "name", "version")}), Timings(**model_info["timings"])
 
 
-def respond_aspects(req: AspectsRequest, predictions: list[dict[str, Any]], model_info: dict[str, Any]) -> AspectsResponse:
+def respond_aspects(
+    req: AspectsRequest, predictions: list[dict[str, Any]], model_info: dict[str, Any]
+) -> AspectsResponse:
     pred = predictions[0]
     model, timings = _info(model_info)
-    return AspectsResponse(aspects=[Aspect(**s) for s in pred["spans"]], words=req.text.split(),
-                           rationales=_rationales(pred), without_rationales=not pred["rationales"], model=model,
-                           timings=timings)
+    return AspectsResponse(
+        aspects=[Aspect(**s) for s in pred["spans"]],
+        words=req.text.split(),
+        rationales=_rationales(pred),
+        without_rationales=not pred["rationales"],
+        model=model,
+        timings=timings,
+    )
 
 
-def respond_sentiment(req: SentimentRequest, predictions: list[dict[str, Any]],
-                      model_info: dict[str, Any]) -> SentimentResponse:
+def respond_sentiment(
+    req: SentimentRequest, predictions: list[dict[str, Any]], model_info: dict[str, Any]
+) -> SentimentResponse:
     pred = predictions[0]
     model, timings = _info(model_info)
-    return SentimentResponse(label=pred["label"], probabilities=pred["probs"], rationales=_rationales(pred),
-                             without_rationales=not pred["rationales"], model=model, timings=timings)
+    return SentimentResponse(
+        label=pred["label"],
+        probabilities=pred["probs"],
+        rationales=_rationales(pred),
+        without_rationales=not pred["rationales"],
+        model=model,
+        timings=timings,
+    )
 
 
 ENDPOINTS = (
-    Endpoint(path="/v1/aspects", request=AspectsRequest, parse=parse_aspects, respond=respond_aspects,
-             response=AspectsResponse, summary="The aspects of a post (JMASA): term, word span, polarity, probability",
-             generates=lambda options: "teacher" in options, settings=LrsaSettings),
-    Endpoint(path="/v1/sentiment", request=SentimentRequest, parse=parse_sentiment, respond=respond_sentiment,
-             response=SentimentResponse, summary="The polarity of one aspect of a post (MASC)",
-             generates=lambda options: "teacher" in options, settings=LrsaSettings),
+    Endpoint(
+        path="/v1/aspects",
+        request=AspectsRequest,
+        parse=parse_aspects,
+        respond=respond_aspects,
+        response=AspectsResponse,
+        summary="The aspects of a post (JMASA): term, word span, polarity, probability",
+        generates=lambda options: "teacher" in options,
+        settings=LrsaSettings,
+    ),
+    Endpoint(
+        path="/v1/sentiment",
+        request=SentimentRequest,
+        parse=parse_sentiment,
+        respond=respond_sentiment,
+        response=SentimentResponse,
+        summary="The polarity of one aspect of a post (MASC)",
+        generates=lambda options: "teacher" in options,
+        settings=LrsaSettings,
+    ),
 )
 
 
@@ -213,10 +253,18 @@ def _ask(settings: dict[str, Any], prompt: str, image: bytes | None, timeout: fl
     key_env = settings.get("teacher_api_key_env")
     if key_env and os.environ.get(key_env):
         headers["Authorization"] = f"Bearer {os.environ[key_env]}"
-    body = {"model": settings["teacher_model"], "messages": [{"role": "user", "content": content}],
-            "max_tokens": settings["teacher_max_tokens"], "temperature": 0.0}
-    resp = requests.post(settings["teacher_url"].rstrip("/") + "/chat/completions", json=body, headers=headers,
-                         timeout=max(0.05, timeout))
+    body = {
+        "model": settings["teacher_model"],
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": settings["teacher_max_tokens"],
+        "temperature": 0.0,
+    }
+    resp = requests.post(
+        settings["teacher_url"].rstrip("/") + "/chat/completions",
+        json=body,
+        headers=headers,
+        timeout=max(0.05, timeout),
+    )
     if resp.status_code != 200:
         raise RuntimeError(f"HTTP {resp.status_code}")
     text = resp.json()["choices"][0]["message"]["content"]
@@ -225,7 +273,9 @@ def _ask(settings: dict[str, Any], prompt: str, image: bytes | None, timeout: fl
     return text.strip()
 
 
-def write_rationales(rows: list[dict[str, Any]], kinds: tuple[str, ...], settings: dict[str, Any]) -> list[dict[str, Any]]:
+def write_rationales(
+    rows: list[dict[str, Any]], kinds: tuple[str, ...], settings: dict[str, Any]
+) -> list[dict[str, Any]]:
     """Fill the rationales ``rows`` lack by asking the teacher, all calls at once (bounded per
     replica), waiting at most ``teacher_timeout_s`` in all. Returns per row ``{kind: reason}``
     for the ones that stay missing (a call that is late is abandoned, its answer discarded)."""

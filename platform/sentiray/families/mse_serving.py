@@ -47,12 +47,16 @@ MODALITIES = ("audio", "vision")  # as sentiray.families.mse_adapter.MODALITIES 
 class SentimentRequest(StrictBody):
     text: str = Field(..., description="The utterance's text (required: the adapter's pseudo tokens are guided by it).")
     audio: FeatureSequence | None = Field(
-        None, description="Audio features, T x D numbers (D: the adapter's audio width, e.g. 74 for MOSEI's COVAREP).")
+        None, description="Audio features, T x D numbers (D: the adapter's audio width, e.g. 74 for MOSEI's COVAREP)."
+    )
     vision: FeatureSequence | None = Field(
-        None, description="Video features, T x D numbers (D: the adapter's vision width, e.g. 35 for MOSEI's Facet).")
+        None, description="Video features, T x D numbers (D: the adapter's vision width, e.g. 35 for MOSEI's Facet)."
+    )
     decode: Literal["likelihood", "generate"] | None = Field(
-        None, description="ERC adapters: the label by the likelihood of each class index (default; gives the "
-                          "probabilities) or the greedy answer parsed (the paper's). Not for regression adapters.")
+        None,
+        description="ERC adapters: the label by the likelihood of each class index (default; gives the "
+        "probabilities) or the greedy answer parsed (the paper's). Not for regression adapters.",
+    )
     model: str | None = Field(None, description="Which adapter answers, on an endpoint serving several (multiplexed).")
 
     # What parse learnt from the answering adapter's manifest, for respond (not part of the body).
@@ -68,7 +72,8 @@ class BackboneInfo(BaseModel):
     device: str | None = Field(None, description="Where it is on the replica (cpu, cuda).")
     loaded_in_replica: int = Field(
         description="Frozen backbones the answering replica holds: adapters on the same backbone share one copy, so "
-                    "any number of them on one backbone count 1.")
+        "any number of them on one backbone count 1."
+    )
     replica: str | None = Field(None, description="The Serve replica that answered.")
 
 
@@ -119,11 +124,16 @@ def parse(req: SentimentRequest, context: Any) -> tuple[list[dict[str, Any]], di
     manifest = context.manifest
     check_text("text", req.text, limits.max_text_chars)
     if not req.text.strip():
-        raise ApiError(422, "text: empty: send the utterance's text (the adapter reads it with the features)", "empty_text")
+        raise ApiError(
+            422, "text: empty: send the utterance's text (the adapter reads it with the features)", "empty_text"
+        )
     regression = manifest.get("task") == "msa"
     if req.decode is not None and regression:
-        raise ApiError(422, f"decode: this adapter predicts a score (task {manifest.get('task')!r}); decode applies to "
-                            "ERC adapters", "bad_option")
+        raise ApiError(
+            422,
+            f"decode: this adapter predicts a score (task {manifest.get('task')!r}); decode applies to ERC adapters",
+            "bad_option",
+        )
     needs = bool(manifest.get("needs_features", True))
     widths = feature_widths(manifest)
     row: dict[str, Any] = {"text": req.text}
@@ -132,8 +142,11 @@ def parse(req: SentimentRequest, context: Any) -> tuple[list[dict[str, Any]], di
         if seq is None:
             if needs:
                 width = f" ({widths[name]} numbers a frame)" if widths else ""
-                raise ApiError(422, f"{name}: missing; this adapter reads {name} features, T x D numbers{width}",
-                               "missing_features")
+                raise ApiError(
+                    422,
+                    f"{name}: missing; this adapter reads {name} features, T x D numbers{width}",
+                    "missing_features",
+                )
             continue
         if not needs:  # a text-only adapter (the ablation): checked, not read
             check_features(name, seq, limits)
@@ -165,8 +178,13 @@ def backbone_info(manifest: dict[str, Any]) -> BackboneInfo:
     held = loaded_backbones()
     mine = next((key for key in held if key[0] == path), None)
     name = os.path.basename(path.rstrip("/")) or path
-    return BackboneInfo(name=name, dtype=mine[1] if mine else None, device=mine[2] if mine else None,
-                        loaded_in_replica=len(held), replica=_replica())
+    return BackboneInfo(
+        name=name,
+        dtype=mine[1] if mine else None,
+        device=mine[2] if mine else None,
+        loaded_in_replica=len(held),
+        replica=_replica(),
+    )
 
 
 def respond(req: SentimentRequest, predictions: list[dict[str, Any]], model_info: dict[str, Any]) -> SentimentResponse:
@@ -178,21 +196,32 @@ def respond(req: SentimentRequest, predictions: list[dict[str, Any]], model_info
     regression = "score" in pred
     if pred.get("unparseable"):
         what = "the score is 0" if regression else f"the label is class 0 ({pred.get('label')})"
-        warnings.append(f"the adapter's answer {pred.get('answer')!r} did not parse: {what}, as the reference code counts it")
+        warnings.append(
+            f"the adapter's answer {pred.get('answer')!r} did not parse: {what}, as the reference code counts it"
+        )
     info = ModelInfo(**{k: model_info[k] for k in ("id", "name", "version")})
     return SentimentResponse(
         task=manifest.get("task", "msa" if regression else "erc"),
         score=float(pred["score"]) if regression else None,
         label=None if regression else pred["label"],
         probabilities=None if regression else pred["probs"],
-        answer=pred.get("answer"), unparseable=bool(pred.get("unparseable")), model=info,
-        backbone=backbone_info(manifest), timings=Timings(**model_info["timings"]), warnings=warnings)
+        answer=pred.get("answer"),
+        unparseable=bool(pred.get("unparseable")),
+        model=info,
+        backbone=backbone_info(manifest),
+        timings=Timings(**model_info["timings"]),
+        warnings=warnings,
+    )
 
 
 ENDPOINTS = (
     Endpoint(
-        path="/v1/sentiment", request=SentimentRequest, parse=parse, respond=respond, response=SentimentResponse,
+        path="/v1/sentiment",
+        request=SentimentRequest,
+        parse=parse,
+        respond=respond,
+        response=SentimentResponse,
         summary="Sentiment score (regression adapters) or emotion and probabilities (ERC adapters) of one utterance "
-                "from its text, audio and video features",
+        "from its text, audio and video features",
     ),
 )

@@ -105,11 +105,15 @@ class MulCoTFamily(Family):
         column = self.settings.chain_column
         table = schema.read_table(self.data_uri(), "train")
         if column not in table.column_names:
-            raise ConfigError(f"mulcot.chain_column: {self.data_uri()} has no column {column!r} (columns: "
-                              f"{', '.join(table.column_names)}); the teacher stage writes 'rationale'")
+            raise ConfigError(
+                f"mulcot.chain_column: {self.data_uri()} has no column {column!r} (columns: "
+                f"{', '.join(table.column_names)}); the teacher stage writes 'rationale'"
+            )
         chains = [c for c in table.column(column).to_pylist() if c and str(c).strip()]
         if not chains:
-            raise ConfigError(f"mulcot.chain_column: column {column!r} of {self.data_uri()} train is empty in every row")
+            raise ConfigError(
+                f"mulcot.chain_column: column {column!r} of {self.data_uri()} train is empty in every row"
+            )
 
     # ------------------------------------------------------------------ model
 
@@ -122,7 +126,9 @@ class MulCoTFamily(Family):
             self.processor = load_processor(self.job.model.path, kind=self.job.model.kind)
             self.encoder = PromptEncoder(self.processor)
         if self.role == "student" and self.teacher_encoder is None:
-            self.teacher_encoder = PromptEncoder(load_processor(self.job.distill.teacher_path, kind=self.job.model.kind))
+            self.teacher_encoder = PromptEncoder(
+                load_processor(self.job.distill.teacher_path, kind=self.job.model.kind)
+            )
 
     def build_model(self) -> torch.nn.Module:
         from sentiray.models.loading import apply_lora, load_model, tokenizer_of
@@ -148,11 +154,19 @@ class MulCoTFamily(Family):
         s = self.settings
         chain = row.get(s.chain_column)
         c = encoder.encode(prompts.render("chain", row, s.prompts_dir), image, chain, None) if chain else None
-        l_item = encoder.encode(prompts.render("label", row, s.prompts_dir), image, prompts.label_target(row["label"]), None)
+        l_item = encoder.encode(
+            prompts.render("label", row, s.prompts_dir), image, prompts.label_target(row["label"]), None
+        )
         for name, item in (("chain", c), ("label", l_item)):
             if item is not None and len(item.input_ids) > s.max_length:
-                return None, None, (f"{name} stream needs {len(item.input_ids)} tokens ({item.prompt_len} of prompt), "
-                                    f"over mulcot.max_length={s.max_length}")
+                return (
+                    None,
+                    None,
+                    (
+                        f"{name} stream needs {len(item.input_ids)} tokens ({item.prompt_len} of prompt), "
+                        f"over mulcot.max_length={s.max_length}"
+                    ),
+                )
         return c, l_item, None
 
     def transform(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -169,13 +183,14 @@ class MulCoTFamily(Family):
             for name, s_item, t_item in (("chain", c, tc), ("label", l_item, tl)):
                 if s_item is None:
                     continue
-                s_target = s_item.input_ids[s_item.prompt_len:]
-                t_target = t_item.input_ids[t_item.prompt_len:]
+                s_target = s_item.input_ids[s_item.prompt_len :]
+                t_target = t_item.input_ids[t_item.prompt_len :]
                 if s_target != t_target:
                     raise ConfigError(
                         f"row {row['id']!r}: the {name} target tokenizes differently for student and assistant "
                         f"({len(s_target)} vs {len(t_target)} tokens): KD compares the two models token by token, "
-                        "so they need the same tokenizer")
+                        "so they need the same tokenizer"
+                    )
             out["teacher_c"], out["teacher_l"] = tc, tl
         return out
 
@@ -236,8 +251,9 @@ class MulCoTFamily(Family):
             t_out = self.teacher(**teacher_inputs, output_hidden_states=want_hidden)
             t_target = losses.target_logits(t_out.logits, t_labels)
         out = model(**inputs, output_hidden_states=want_hidden)
-        stream, ce, kl = losses.distill_stream_loss(out.logits, labels, t_target, distill.lambda_kd, distill.tau,
-                                                    distill.scale_tau2)
+        stream, ce, kl = losses.distill_stream_loss(
+            out.logits, labels, t_target, distill.lambda_kd, distill.tau, distill.scale_tau2
+        )
         parts[f"ce_{key}"], parts[f"kl_{key}"] = float(ce.detach()), float(kl.detach())
         if want_hidden:
             mask_s = losses.shift(out.logits, labels)[1] != losses.IGNORE
@@ -257,7 +273,7 @@ class MulCoTFamily(Family):
         tie = "dev_weighted_f1" if self.task == "msc" else "dev_macro_f1"
         return Selection((("dev_accuracy", "max"), (tie, "max")))
 
-    def predictor(self, model: torch.nn.Module) -> "MulCoTPredictor":
+    def predictor(self, model: torch.nn.Module) -> MulCoTPredictor:
         from sentiray.models.generation import Generator
 
         self._processors()
@@ -273,8 +289,13 @@ class MulCoTFamily(Family):
 
     def manifest(self) -> dict[str, Any]:
         s = self.settings
-        return {**super().manifest(), "kind": self.job.model.kind, "role": s.role, "image_size": s.image_size,
-                "prompts_dir": s.prompts_dir}
+        return {
+            **super().manifest(),
+            "kind": self.job.model.kind,
+            "role": s.role,
+            "image_size": s.image_size,
+            "prompts_dir": s.prompts_dir,
+        }
 
 
 # --------------------------------------------------------------------------- inference
@@ -297,7 +318,7 @@ class MulCoTPredictor(Predictor):
         self.prompts_dir = manifest.get("prompts_dir")
 
     @classmethod
-    def load(cls, folder: str, manifest: dict[str, Any], device: str | None = None) -> "MulCoTPredictor":
+    def load(cls, folder: str, manifest: dict[str, Any], device: str | None = None) -> MulCoTPredictor:
         from sentiray.models.generation import Generator
         from sentiray.models.loading import load_model
 
@@ -331,21 +352,30 @@ class MulCoTPredictor(Predictor):
         net.eval()
         try:
             imgs = [row_image(r, self.image_size) for r in rows]
-            scores = self.generator.label_logprobs([prompts.render("label", r, self.prompts_dir) for r in rows], imgs,
-                                                   self.labels)
+            scores = self.generator.label_logprobs(
+                [prompts.render("label", r, self.prompts_dir) for r in rows], imgs, self.labels
+            )
             probs = torch.softmax(scores, -1)
             chains = [None] * len(rows)
             if opts["chain"]:
-                chains = self.generator.generate([prompts.render("chain", r, self.prompts_dir) for r in rows], imgs,
-                                                 max_new_tokens=opts["max_new_tokens"], temperature=opts["temperature"])
+                chains = self.generator.generate(
+                    [prompts.render("chain", r, self.prompts_dir) for r in rows],
+                    imgs,
+                    max_new_tokens=opts["max_new_tokens"],
+                    temperature=opts["temperature"],
+                )
         finally:
             net.train(was_training)
         out = []
         for p, chain in zip(probs, chains):
-            pred: dict[str, Any] = {"label": self.labels[int(p.argmax())],
-                                    "probs": {label: float(v) for label, v in zip(self.labels, p)}}
+            pred: dict[str, Any] = {
+                "label": self.labels[int(p.argmax())],
+                "probs": {label: float(v) for label, v in zip(self.labels, p)},
+            }
             if chain is not None:
-                pred.update(chain=chain.text, chain_label=parse_label(chain.text, self.labels), chain_tokens=chain.new_tokens)
+                pred.update(
+                    chain=chain.text, chain_label=parse_label(chain.text, self.labels), chain_tokens=chain.new_tokens
+                )
             out.append(pred)
         return out
 
@@ -353,12 +383,16 @@ class MulCoTPredictor(Predictor):
         from sentiray.evaluate import metrics
 
         golds = [r["label"] for r in rows]
-        report: dict[str, Any] = {"labels": list(self.labels),
-                                  "label": metrics.classification(golds, [p["label"] for p in predictions], self.labels)}
+        report: dict[str, Any] = {
+            "labels": list(self.labels),
+            "label": metrics.classification(golds, [p["label"] for p in predictions], self.labels),
+        }
         flat = {f"label_{k}": report["label"][k] for k in ("accuracy", "macro_f1", "weighted_f1")}
         if predictions and "chain" in predictions[0]:
             report["chain"] = metrics.classification(golds, [p["chain_label"] for p in predictions], self.labels)
-            flat.update({f"chain_{k}": report["chain"][k] for k in ("accuracy", "macro_f1", "weighted_f1", "unparseable")})
+            flat.update(
+                {f"chain_{k}": report["chain"][k] for k in ("accuracy", "macro_f1", "weighted_f1", "unparseable")}
+            )
             reference = (options or {}).get("reference_column") or _reference_column(rows)
             if reference:
                 refs = [r.get(reference) or "" for r in rows]
@@ -378,22 +412,31 @@ class MulCoTPredictor(Predictor):
         for name in ("label", "chain"):
             m = report.get(name)
             if m:
-                lines.append(f"| {name} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | {m['weighted_f1']:.4f} | "
-                             f"{m['unparseable']} |")
+                lines.append(
+                    f"| {name} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | {m['weighted_f1']:.4f} | "
+                    f"{m['unparseable']} |"
+                )
         r = report.get("reasoning")
         if r:
             lines += ["", f"Reasoning (vs `{report['reference']}`):", "", "| metric | value |", "| --- | --- |"]
             lines += [f"| {k} | {'n/a' if v is None else f'{v:.4f}'} |" for k, v in r.items()]
-        lines += ["", "Confusion matrix (label prediction; rows gold, columns predicted):", "",
-                  "| gold \\ predicted | " + " | ".join(report["labels"]) + " |",
-                  "| --- |" + " --- |" * len(report["labels"])]
+        lines += [
+            "",
+            "Confusion matrix (label prediction; rows gold, columns predicted):",
+            "",
+            "| gold \\ predicted | " + " | ".join(report["labels"]) + " |",
+            "| --- |" + " --- |" * len(report["labels"]),
+        ]
         for label, row in zip(report["labels"], report["label"]["confusion"]):
             lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
         return "\n".join(lines) + "\n"
 
-    def generate(self, prompts_: list[str], images: list[Any], max_new_tokens: int, temperature: float = 0.0,
-                 **kwargs: Any) -> list[Any]:
-        return self.generator.generate(prompts_, images, max_new_tokens=max_new_tokens, temperature=temperature, **kwargs)
+    def generate(
+        self, prompts_: list[str], images: list[Any], max_new_tokens: int, temperature: float = 0.0, **kwargs: Any
+    ) -> list[Any]:
+        return self.generator.generate(
+            prompts_, images, max_new_tokens=max_new_tokens, temperature=temperature, **kwargs
+        )
 
 
 def _reference_column(rows: list[dict[str, Any]]) -> str | None:
@@ -435,6 +478,6 @@ MulCoTFamily.predictor_class = MulCoTPredictor
 # --------------------------------------------------------------------------- HTTP endpoint
 # Its own module (sentiray.families.mulcot_serving): the request/response schemas and the
 # parse/respond functions of POST /v1/sentiment; see serve/README.md, "Endpoints of a family".
-from sentiray.families.mulcot_serving import ENDPOINTS as _ENDPOINTS
+from sentiray.families.mulcot_serving import ENDPOINTS as _ENDPOINTS  # noqa: E402
 
 MulCoTFamily.endpoints = _ENDPOINTS

@@ -32,7 +32,9 @@ class SentimentSettings(BaseModel):
     """The app's ``endpoint:`` args for MulCoT."""
 
     model_config = {"extra": "forbid"}
-    chain_max_new_tokens: int = Field(256, gt=0, description="Default length of a reasoning chain (requests may ask less or more).")
+    chain_max_new_tokens: int = Field(
+        256, gt=0, description="Default length of a reasoning chain (requests may ask less or more)."
+    )
 
     @field_validator("chain_max_new_tokens")
     @classmethod
@@ -46,9 +48,15 @@ class SentimentSettings(BaseModel):
 class SentimentRequest(StrictBody):
     text: str = Field("", description="The post (may be empty when an image is given).")
     image: str | None = Field(None, description="The image: base64, or a data URL (data:image/png;base64,...).")
-    aspect: str | None = Field(None, description="Target aspect (aspect-level sentiment); the prompt then asks about it.")
-    audio: FeatureSequence | None = Field(None, description="Audio features, T x D numbers (for feature models; see warnings).")
-    vision: FeatureSequence | None = Field(None, description="Video features, T x D numbers (for feature models; see warnings).")
+    aspect: str | None = Field(
+        None, description="Target aspect (aspect-level sentiment); the prompt then asks about it."
+    )
+    audio: FeatureSequence | None = Field(
+        None, description="Audio features, T x D numbers (for feature models; see warnings)."
+    )
+    vision: FeatureSequence | None = Field(
+        None, description="Video features, T x D numbers (for feature models; see warnings)."
+    )
     chain: bool = Field(False, description="Also generate the reasoning chain (costs generation time).")
     max_tokens: int | None = Field(None, gt=0, description="Length limit of the chain in tokens.")
     model: str | None = Field(None, description="Which model answers, on an endpoint serving several (multiplexed).")
@@ -76,8 +84,11 @@ def parse(req: SentimentRequest, context: Any) -> tuple[list[dict[str, Any]], di
     image = None
     if req.image is not None:
         if not context.takes_images:
-            raise ApiError(400, f"image: this model ({context.manifest.get('kind', 'text only')}) reads text only",
-                           "images_not_supported")
+            raise ApiError(
+                400,
+                f"image: this model ({context.manifest.get('kind', 'text only')}) reads text only",
+                "images_not_supported",
+            )
         image = check_image("image", req.image, limits)
     for name in ("audio", "vision"):
         check_features(name, getattr(req, name), limits)
@@ -91,18 +102,32 @@ def parse(req: SentimentRequest, context: Any) -> tuple[list[dict[str, Any]], di
 
 def respond(req: SentimentRequest, predictions: list[dict[str, Any]], model_info: dict[str, Any]) -> SentimentResponse:
     pred = predictions[0]
-    warnings = [f"{name} features ({len(seq)}x{len(seq[0])}) accepted but not used: this model reads text and images"
-                for name in ("audio", "vision") if (seq := getattr(req, name))]
+    warnings = [
+        f"{name} features ({len(seq)}x{len(seq[0])}) accepted but not used: this model reads text and images"
+        for name in ("audio", "vision")
+        if (seq := getattr(req, name))
+    ]
     info = {k: model_info[k] for k in ("id", "name", "version")}
-    return SentimentResponse(label=pred["label"], probabilities=pred["probs"], chain=pred.get("chain"),
-                             chain_label=pred.get("chain_label"), model=ModelInfo(**info),
-                             timings=Timings(**model_info["timings"]), warnings=warnings)
+    return SentimentResponse(
+        label=pred["label"],
+        probabilities=pred["probs"],
+        chain=pred.get("chain"),
+        chain_label=pred.get("chain_label"),
+        model=ModelInfo(**info),
+        timings=Timings(**model_info["timings"]),
+        warnings=warnings,
+    )
 
 
 ENDPOINTS = (
     Endpoint(
-        path="/v1/sentiment", request=SentimentRequest, parse=parse, respond=respond, response=SentimentResponse,
+        path="/v1/sentiment",
+        request=SentimentRequest,
+        parse=parse,
+        respond=respond,
+        response=SentimentResponse,
         summary="Label, class probabilities and (chain: true) a reasoning chain for one post",
-        generates=lambda options: bool(options.get("chain")), settings=SentimentSettings,
+        generates=lambda options: bool(options.get("chain")),
+        settings=SentimentSettings,
     ),
 )

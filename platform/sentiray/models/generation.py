@@ -7,15 +7,15 @@ chain is produced the same way everywhere.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
 
-from sentiray.models.inputs import PromptEncoder
+from sentiray.models.inputs import IGNORE, PromptEncoder
 from sentiray.prompts import label_target
-from sentiray.models.inputs import IGNORE
 
 
 @dataclass

@@ -7,14 +7,16 @@ generation (left-padded prompts) and label scoring.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
 
 from sentiray.models.loading import tokenizer_of
 from sentiray.prompts import messages
+
 IGNORE = -100  # the label of a token that takes no loss (prompt, padding): torch and HF convention
 
 
@@ -73,8 +75,9 @@ class PromptEncoder:
         ids = list(self.tokenizer(target, add_special_tokens=False)["input_ids"])
         return ids + [self.eos_id] if add_eos and self.eos_id is not None else ids
 
-    def encode(self, prompt: str, image: Image.Image | None, target: str, max_length: int | None = None,
-               add_eos: bool = True) -> Encoded:
+    def encode(
+        self, prompt: str, image: Image.Image | None, target: str, max_length: int | None = None, add_eos: bool = True
+    ) -> Encoded:
         """Prompt + target; with ``max_length`` the target is cut (never the prompt's image
         tokens) to fit. Training passes None and skips rows that do not fit: a cut target
         teaches the model to stop mid-answer."""

@@ -203,7 +203,9 @@ def load_processor(path_or_uri: str, kind: str = "vlm", trust_remote_code: bool 
     if not _has_preprocessor(local) and os.path.isfile(adapter_file):
         local = resolve_model_path(_read_json(adapter_file)["base_model_name_or_path"])
     with quiet_transformers():
-        return getattr(transformers, KINDS[kind].preprocessor_class).from_pretrained(local, trust_remote_code=trust_remote_code)
+        return getattr(transformers, KINDS[kind].preprocessor_class).from_pretrained(
+            local, trust_remote_code=trust_remote_code
+        )
 
 
 def load_model_from_config(cfg: ModelConfig, **kw: Any) -> tuple[Any, Any]:

@@ -72,10 +72,9 @@ class LrsaArch:
         return {"both": ("text", "image"), "text": ("text",), "image": ("image",), "none": ()}[self.rationales]
 
     @classmethod
-    def from_settings(cls, task: str, s: Any) -> "LrsaArch":
+    def from_settings(cls, task: str, s: Any) -> LrsaArch:
         names = {f.name for f in dataclasses.fields(cls)} - {"task", "separate_rationale_encoder"}
-        return cls(task=task, separate_rationale_encoder=bool(s.rationale_encoder),
-                   **{n: getattr(s, n) for n in names})
+        return cls(task=task, separate_rationale_encoder=bool(s.rationale_encoder), **{n: getattr(s, n) for n in names})
 
 
 def hidden_size(config: Any) -> int:
@@ -112,7 +111,7 @@ class Attention(nn.Module):
             return x.view(n, -1, self.heads, self.head_dim).transpose(1, 2)
 
         q, k, v = split(self.q(query)), split(self.k(memory)), split(self.v(memory))
-        scores = q @ k.transpose(-1, -2) / self.head_dim ** 0.5
+        scores = q @ k.transpose(-1, -2) / self.head_dim**0.5
         scores = scores.masked_fill(~memory_mask[:, None, None, :], torch.finfo(scores.dtype).min)
         weights = torch.softmax(scores, -1)
         out = (self.drop(weights) @ v).transpose(1, 2).reshape(n, lq, -1)
@@ -156,8 +155,13 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class LrsaModel(nn.Module):
     """The network; ``forward(**batch)`` -> ``{"logits", "attentions"}``."""
 
-    def __init__(self, arch: LrsaArch, text_encoder: nn.Module, vision: nn.Module | None = None,
-                 rationale_encoder: nn.Module | None = None):
+    def __init__(
+        self,
+        arch: LrsaArch,
+        text_encoder: nn.Module,
+        vision: nn.Module | None = None,
+        rationale_encoder: nn.Module | None = None,
+    ):
         super().__init__()
         self.arch = arch
         d = hidden_size(text_encoder.config)
@@ -189,8 +193,9 @@ class LrsaModel(nn.Module):
             self.concat_norm = nn.LayerNorm(d)
             return
         two_way = arch.attention == "dual"
-        self.cross = nn.ModuleList(CrossLayer(d, arch.cross_heads, arch.ffn_mult * d, arch.dropout, two_way)
-                                   for _ in range(arch.cross_layers))
+        self.cross = nn.ModuleList(
+            CrossLayer(d, arch.cross_heads, arch.ffn_mult * d, arch.dropout, two_way) for _ in range(arch.cross_layers)
+        )
         if two_way:
             self.summary_proj = nn.Linear(d, d)
             self.fusion_norm = nn.LayerNorm(d)
@@ -239,9 +244,9 @@ class LrsaModel(nn.Module):
         parts, masks = [self.null_rationale.expand(n, 1, -1)], [present.new_ones(n, 1)]
         kinds = self.rationale_type(torch.arange(len(self.arch.kinds), device=ids.device))  # called: ZeRO-3 gathers it
         for k in range(len(self.arch.kinds)):
-            part = states[k * n:(k + 1) * n] + kinds[k]
+            part = states[k * n : (k + 1) * n] + kinds[k]
             parts.append(part)
-            masks.append(mask[k * n:(k + 1) * n].bool() & present[:, k:k + 1].expand(-1, length))
+            masks.append(mask[k * n : (k + 1) * n].bool() & present[:, k : k + 1].expand(-1, length))
         return torch.cat(parts, 1), torch.cat(masks, 1)
 
     # ------------------------------------------------------------------ fusion and heads
@@ -291,7 +296,7 @@ def find_words(words: list[str], target: list[str]) -> int | None:
     """Where ``target`` first occurs in ``words`` as whole words (case-insensitive), or None."""
     low, tgt = [w.lower() for w in words], [w.lower() for w in target]
     for i in range(len(low) - len(tgt) + 1):
-        if tgt and low[i:i + len(tgt)] == tgt:
+        if tgt and low[i : i + len(tgt)] == tgt:
             return i
     return None
 
@@ -305,9 +310,16 @@ class LrsaInputs:
     rationales, the image. ``encode(row, train=True)`` returns ``{"skip": reason}`` for a row
     that cannot train; at prediction time long posts are cut (words beyond get no tag)."""
 
-    def __init__(self, arch: LrsaArch, tokenizer: Any, rationale_tokenizer: Any | None = None,
-                 image_processor: Any | None = None, text_column: str = "text_explanation",
-                 image_column: str = "image_description", region_column: str = "image_regions"):
+    def __init__(
+        self,
+        arch: LrsaArch,
+        tokenizer: Any,
+        rationale_tokenizer: Any | None = None,
+        image_processor: Any | None = None,
+        text_column: str = "text_explanation",
+        image_column: str = "image_description",
+        region_column: str = "image_regions",
+    ):
         self.arch, self.tokenizer = arch, tokenizer
         self.rationale_tokenizer = rationale_tokenizer or tokenizer
         self.image_processor = image_processor
@@ -338,18 +350,29 @@ class LrsaInputs:
         enc = tok(words, aspect, is_split_into_words=True, truncation=False)
         if len(enc["input_ids"]) > arch.max_length:
             if train:
-                return {"skip": f"the post needs {len(enc['input_ids'])} tokens, over lrsa.max_length={arch.max_length}",
-                        "id": row.get("id")}
-            enc = tok(words, aspect, is_split_into_words=True, truncation="only_first" if aspect else True,
-                      max_length=arch.max_length)
+                return {
+                    "skip": f"the post needs {len(enc['input_ids'])} tokens, over lrsa.max_length={arch.max_length}",
+                    "id": row.get("id"),
+                }
+            enc = tok(
+                words,
+                aspect,
+                is_split_into_words=True,
+                truncation="only_first" if aspect else True,
+                max_length=arch.max_length,
+            )
         word_ids = enc.word_ids()
         seq_ids = enc.sequence_ids()
         first = {}  # word index -> its first token (only the post's words, sequence 0)
         for i, (w, s) in enumerate(zip(word_ids, seq_ids)):
             if w is not None and s == 0 and w not in first:
                 first[w] = i
-        out: dict[str, Any] = {"id": row.get("id"), "input_ids": enc["input_ids"], "n_words": len(words),
-                               "first_token": [first.get(w, -1) for w in range(len(words))]}
+        out: dict[str, Any] = {
+            "id": row.get("id"),
+            "input_ids": enc["input_ids"],
+            "n_words": len(words),
+            "first_token": [first.get(w, -1) for w in range(len(words))],
+        }
         if "token_type_ids" in enc:
             out["token_type_ids"] = enc["token_type_ids"]
         if arch.task == "mabsa":
@@ -366,8 +389,9 @@ class LrsaInputs:
             start = find_words(words, aspect)
             mention = set(range(start, start + len(aspect))) if start is not None else set()
             # The aspect's mention in the post; if the post does not contain it, the aspect segment.
-            out["aspect_mask"] = [int((s == 0 and w in mention) or (not mention and s == 1))
-                                  for w, s in zip(word_ids, seq_ids)]
+            out["aspect_mask"] = [
+                int((s == 0 and w in mention) or (not mention and s == 1)) for w, s in zip(word_ids, seq_ids)
+            ]
             if row.get("label") is not None:
                 if row["label"] not in SENTIMENT_LABELS:
                     raise DataError(f"unknown label {row['label']!r}")
@@ -391,14 +415,20 @@ class LrsaInputs:
             image = images.load(row)
             if image is None:
                 return {"pixel_values": self.blank(), "has_image": 0}
-            return {"pixel_values": self.image_processor(images=[image], return_tensors="pt")["pixel_values"][0],
-                    "has_image": 1}
+            return {
+                "pixel_values": self.image_processor(images=[image], return_tensors="pt")["pixel_values"][0],
+                "has_image": 1,
+            }
         if self.arch.image == "regions":
             value = row.get(self.region_column)
-            regions = torch.tensor(value, dtype=torch.float32) if value is not None else torch.zeros(0, self.arch.region_dim)
+            regions = (
+                torch.tensor(value, dtype=torch.float32) if value is not None else torch.zeros(0, self.arch.region_dim)
+            )
             if regions.ndim != 2 or regions.shape[1] != self.arch.region_dim:
-                raise DataError(f"{self.region_column}: region features must be N x {self.arch.region_dim}, "
-                                f"got shape {tuple(regions.shape)}")
+                raise DataError(
+                    f"{self.region_column}: region features must be N x {self.arch.region_dim}, "
+                    f"got shape {tuple(regions.shape)}"
+                )
             return {"regions": regions}
         return {}
 
@@ -415,8 +445,10 @@ class LrsaInputs:
 
     def collate(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         pad = self.tokenizer.pad_token_id or 0
-        batch = {"input_ids": _pad([e["input_ids"] for e in examples], pad),
-                 "attention_mask": _pad([[1] * len(e["input_ids"]) for e in examples], 0)}
+        batch = {
+            "input_ids": _pad([e["input_ids"] for e in examples], pad),
+            "attention_mask": _pad([[1] * len(e["input_ids"]) for e in examples], 0),
+        }
         if "token_type_ids" in examples[0]:
             batch["token_type_ids"] = _pad([e["token_type_ids"] for e in examples], 0)
         if self.arch.task == "mabsa":
@@ -440,15 +472,15 @@ class LrsaInputs:
             batch["regions"] = torch.zeros(len(examples), n, self.arch.region_dim)
             batch["region_mask"] = torch.zeros(len(examples), n, dtype=torch.long)
             for i, e in enumerate(examples):
-                batch["regions"][i, :e["regions"].shape[0]] = e["regions"]
-                batch["region_mask"][i, :e["regions"].shape[0]] = 1
+                batch["regions"][i, : e["regions"].shape[0]] = e["regions"]
+                batch["region_mask"][i, : e["regions"].shape[0]] = 1
         return batch
 
 
 def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
     out = torch.full((len(seqs), max(len(s) for s in seqs)), value, dtype=torch.long)
     for i, s in enumerate(seqs):
-        out[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
     return out
 
 
@@ -492,16 +524,26 @@ def save(model: LrsaModel, inputs: LrsaInputs, out_dir: str, merge_lora: bool = 
 
     save_model(model.text_encoder, inputs.tokenizer, os.path.join(out_dir, "encoder"), merge_lora=merge_lora)
     if model.rationale_encoder is not None:
-        save_model(model.rationale_encoder, inputs.rationale_tokenizer, os.path.join(out_dir, "rationale_encoder"),
-                   merge_lora=merge_lora)
+        save_model(
+            model.rationale_encoder,
+            inputs.rationale_tokenizer,
+            os.path.join(out_dir, "rationale_encoder"),
+            merge_lora=merge_lora,
+        )
     if model.vision is not None:
         model.vision.save_pretrained(os.path.join(out_dir, "vision"))
         inputs.image_processor.save_pretrained(os.path.join(out_dir, "vision"))
-    layers = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith(ENCODER_PREFIXES)}
+    layers = {
+        k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith(ENCODER_PREFIXES)
+    }
     save_file(layers, os.path.join(out_dir, LAYERS_FILE))
     with open(os.path.join(out_dir, ARCH_FILE), "w") as f:
-        json.dump({"arch": dataclasses.asdict(model.arch), "columns": inputs.columns,
-                   "region_column": inputs.region_column}, f, indent=2, sort_keys=True)
+        json.dump(
+            {"arch": dataclasses.asdict(model.arch), "columns": inputs.columns, "region_column": inputs.region_column},
+            f,
+            indent=2,
+            sort_keys=True,
+        )
 
 
 def load(folder: str, device: str | None = None) -> tuple[LrsaModel, LrsaInputs]:
@@ -522,10 +564,19 @@ def load(folder: str, device: str | None = None) -> tuple[LrsaModel, LrsaInputs]
     missing, unexpected = model.load_state_dict(load_file(os.path.join(folder, LAYERS_FILE)), strict=False)
     missing = [k for k in missing if not k.startswith(ENCODER_PREFIXES)]
     if missing or unexpected:
-        raise DataError(f"{folder}: the saved LRSA layers do not match {ARCH_FILE} (missing {missing[:5]}, "
-                        f"unexpected {unexpected[:5]})")
+        raise DataError(
+            f"{folder}: the saved LRSA layers do not match {ARCH_FILE} (missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]})"
+        )
     if device:
         model.to(device)
-    inputs = LrsaInputs(arch, tokenizer, rationale_tokenizer, processor, saved["columns"]["text"],
-                        saved["columns"]["image"], saved.get("region_column", "image_regions"))
+    inputs = LrsaInputs(
+        arch,
+        tokenizer,
+        rationale_tokenizer,
+        processor,
+        saved["columns"]["text"],
+        saved["columns"]["image"],
+        saved.get("region_column", "image_regions"),
+    )
     return model.eval(), inputs

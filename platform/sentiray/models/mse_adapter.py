@@ -59,8 +59,10 @@ class AdapterShape:
         object.__setattr__(self, "scales", tuple(int(k) for k in self.scales))
         too_wide = [k for k in self.scales if self.hidden_size // k < 1]
         if self.multi_scale and too_wide:
-            raise ValueError(f"mse_adapter.scales {list(too_wide)}: d/k must be at least 1, and the LLM's hidden "
-                             f"size d is {self.hidden_size}")
+            raise ValueError(
+                f"mse_adapter.scales {list(too_wide)}: d/k must be at least 1, and the LLM's hidden "
+                f"size d is {self.hidden_size}"
+            )
         if not self.text_only and (self.audio_dim < 1 or self.vision_dim < 1):
             raise ValueError(f"feature dims must be positive (audio {self.audio_dim}, vision {self.vision_dim})")
 
@@ -70,7 +72,7 @@ class AdapterShape:
         return out
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "AdapterShape":
+    def from_dict(cls, values: dict[str, Any]) -> AdapterShape:
         return cls(**values)
 
 
@@ -142,7 +144,9 @@ class MseAdapter(nn.Module):
             self.vision = SequenceEncoder(s.vision_dim, s.vision_hidden, s.width, s.dropout)
             self.text = None
             self.mixer = TextGuideMixer(s.hidden_size, s.width, s.layer_norm, guided=s.text_guide)
-        self.fusion = MultiScaleFusion(s.width, s.hidden_size, s.scales) if s.multi_scale else nn.Linear(s.width, s.hidden_size)
+        self.fusion = (
+            MultiScaleFusion(s.width, s.hidden_size, s.scales) if s.multi_scale else nn.Linear(s.width, s.hidden_size)
+        )
         # token j = alpha_j * h + beta_j: a Linear(1, n) over each of h's d values, as in the paper.
         self.tokens = nn.Linear(1, s.pseudo_tokens)
 
@@ -150,9 +154,15 @@ class MseAdapter(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.tokens.weight.dtype
 
-    def forward(self, text_embeds: torch.Tensor, text_mask: torch.Tensor, audio: torch.Tensor | None = None,
-                audio_lengths: torch.Tensor | None = None, vision: torch.Tensor | None = None,
-                vision_lengths: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        text_embeds: torch.Tensor,
+        text_mask: torch.Tensor,
+        audio: torch.Tensor | None = None,
+        audio_lengths: torch.Tensor | None = None,
+        vision: torch.Tensor | None = None,
+        vision_lengths: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         dtype = self.dtype
         text_mean = masked_mean(text_embeds.to(dtype), text_mask)
         if self.shape.text_only:
@@ -227,7 +237,7 @@ class MseAdapterModel(nn.Module):
         self.layout = layout
         self._keeps_logits = "logits_to_keep" in inspect.signature(backbone.forward).parameters
 
-    def train(self, mode: bool = True) -> "MseAdapterModel":
+    def train(self, mode: bool = True) -> MseAdapterModel:
         # The backbone stays in eval mode (no dropout) however the engine switches modes.
         super().train(mode)
         self.backbone.eval()
@@ -239,8 +249,14 @@ class MseAdapterModel(nn.Module):
         emb = embeddings(batch["input_ids"])
         start, text = self.layout.pseudo_start, self.layout.text_start
         text_embeds = emb[:, text : text + self.layout.text_length]
-        pseudo = self.adapter(text_embeds, batch["text_mask"], batch.get("audio"), batch.get("audio_lengths"),
-                              batch.get("vision"), batch.get("vision_lengths"))
+        pseudo = self.adapter(
+            text_embeds,
+            batch["text_mask"],
+            batch.get("audio"),
+            batch.get("audio_lengths"),
+            batch.get("vision"),
+            batch.get("vision_lengths"),
+        )
         return torch.cat([emb[:, :start], pseudo.to(emb.dtype), emb[:, text:]], dim=1)
 
     def forward(self, batch: dict[str, torch.Tensor], logits_to_keep: int = 0) -> torch.Tensor:
@@ -249,7 +265,8 @@ class MseAdapterModel(nn.Module):
         kwargs: dict[str, Any] = {}
         if logits_to_keep and self._keeps_logits:
             kwargs["logits_to_keep"] = logits_to_keep
-        out = self.backbone(inputs_embeds=self.inputs_embeds(batch), attention_mask=batch["attention_mask"],
-                            use_cache=False, **kwargs)
+        out = self.backbone(
+            inputs_embeds=self.inputs_embeds(batch), attention_mask=batch["attention_mask"], use_cache=False, **kwargs
+        )
         logits = out.logits
         return logits[:, -logits_to_keep:] if logits_to_keep else logits

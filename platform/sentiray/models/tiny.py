@@ -233,8 +233,9 @@ def build_tiny_encoder(out_dir: str | os.PathLike, seed: int = 0) -> str:
     return _build(out_dir, "encoder", seed, write)
 
 
-def build_tiny_vision(out_dir: str | os.PathLike, seed: int = 0, image_size: int = IMAGE_SIZE,
-                      patch_size: int = PATCH_SIZE) -> str:
+def build_tiny_vision(
+    out_dir: str | os.PathLike, seed: int = 0, image_size: int = IMAGE_SIZE, patch_size: int = PATCH_SIZE
+) -> str:
     """A CLIP vision tower alone (``CLIPVisionModel``, loaded with ``AutoModel``) and its image
     processor (``AutoImageProcessor``): the image encoder of LRSA-style models."""
 
@@ -242,12 +243,19 @@ def build_tiny_vision(out_dir: str | os.PathLike, seed: int = 0, image_size: int
         from transformers import CLIPVisionConfig, CLIPVisionModel
         from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-        config = CLIPVisionConfig(image_size=image_size, patch_size=patch_size, hidden_size=32, intermediate_size=64,
-                                  num_hidden_layers=2, num_attention_heads=2)
+        config = CLIPVisionConfig(
+            image_size=image_size,
+            patch_size=patch_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+        )
         CLIPVisionModel(config).save_pretrained(path)
         # The PIL backend: the default CLIPImageProcessor needs torchvision (GPU extra).
-        CLIPImageProcessorPil(size={"shortest_edge": image_size},
-                              crop_size={"height": image_size, "width": image_size}).save_pretrained(path)
+        CLIPImageProcessorPil(
+            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+        ).save_pretrained(path)
 
     name = "vision" if (image_size, patch_size) == (IMAGE_SIZE, PATCH_SIZE) else f"vision-{image_size}-{patch_size}"
     return _build(out_dir, name, seed, write)
@@ -289,7 +297,9 @@ def run(cfg) -> dict:
             from transformers import AutoProcessor
 
             tokenizer = AutoProcessor.from_pretrained(paths["vlm"]).tokenizer  # the assistant's vocabulary
-        paths["student-init"] = build_tiny_vlm(os.path.join(out, "student-init"), seed=m.student_seed, tokenizer=tokenizer)
+        paths["student-init"] = build_tiny_vlm(
+            os.path.join(out, "student-init"), seed=m.student_seed, tokenizer=tokenizer
+        )
         sizes = {}
         for name, path in paths.items():
             if name == "vision":  # an image processor, no tokenizer

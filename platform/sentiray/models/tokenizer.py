@@ -81,8 +81,22 @@ CHAIN_FIELDS = ("Text_analysis", "Image_analysis", "Conflict_resolution", "Final
 SUBJECTS = tuple(
     f"the {s}"
     for s in (
-        "movie", "game", "phone", "team", "food", "weather", "concert", "city", "president",
-        "new album", "service", "hotel", "show", "match", "flight", "photo",
+        "movie",
+        "game",
+        "phone",
+        "team",
+        "food",
+        "weather",
+        "concert",
+        "city",
+        "president",
+        "new album",
+        "service",
+        "hotel",
+        "show",
+        "match",
+        "flight",
+        "photo",
     )
 )
 COMMON = (
@@ -149,8 +163,8 @@ def _prompt_and_synthetic_corpus() -> list[str]:
     """The prompt templates and a sample of the synthetic world (texts and gold chains), so
     that tiny models see their prompts and targets as a few hundred tokens, not a thousand
     bytes: training and generation in tests and the demo stay fast."""
-    from sentiray.data import synthetic
     from sentiray import prompts
+    from sentiray.data import synthetic
 
     lines = [p.read_text() for p in sorted(prompts.TEMPLATE_DIR.glob("*.txt"))]
     for task in ("msc", "masc", "mabsa", "msa", "erc"):

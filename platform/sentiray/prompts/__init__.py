@@ -52,7 +52,9 @@ def render(kind: str, row: dict[str, Any], prompts_dir: str | None = None, label
     """The prompt text of ``kind`` for one canonical row."""
     task = row.get("task") or "msc"
     aspect = row.get("aspect") or ""
-    return template(kind, task, prompts_dir).format(text=row.get("text") or "", aspect=aspect, label=label or row.get("label") or "")
+    return template(kind, task, prompts_dir).format(
+        text=row.get("text") or "", aspect=aspect, label=label or row.get("label") or ""
+    )
 
 
 def has_image(row: dict[str, Any]) -> bool:

@@ -8,7 +8,7 @@ unparseable (None).
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 from sentiray.data.schema import SENTIMENT_LABELS
 

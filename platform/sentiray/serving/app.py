@@ -57,8 +57,9 @@ def app_config(args: dict[str, Any] | ServeAppConfig, source: str = "serve appli
         raise ConfigError(format_validation_error(exc, source)) from None
 
 
-def checked_config(args: dict[str, Any] | ServeAppConfig, source: str = "serve application args",
-                   local: bool = True) -> ServeAppConfig:
+def checked_config(
+    args: dict[str, Any] | ServeAppConfig, source: str = "serve application args", local: bool = True
+) -> ServeAppConfig:
     """The args validated, every model source checked, ``family`` filled in from the manifest and
     the family's endpoint settings validated: all that can fail before a replica starts."""
     from sentiray import families
@@ -156,8 +157,11 @@ def wait_running(names: list[str], timeout_s: float = DEPLOY_TIMEOUT_S, before: 
     before = before or {}
     deadline = time.monotonic() + timeout_s
     while True:
-        apps = {n: a for n, a in serve.status().applications.items()
-                if n not in before or a.last_deployed_time_s != before[n]}
+        apps = {
+            n: a
+            for n, a in serve.status().applications.items()
+            if n not in before or a.last_deployed_time_s != before[n]
+        }
         failed = {n: apps[n] for n in names if n in apps and apps[n].status in ("DEPLOY_FAILED", "UNHEALTHY")}
         if failed:
             lines = []
@@ -170,8 +174,10 @@ def wait_running(names: list[str], timeout_s: float = DEPLOY_TIMEOUT_S, before: 
         if all(n in apps and apps[n].status == "RUNNING" for n in names):
             return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"applications {names} not running after {timeout_s:.0f} s: "
-                               + ", ".join(f"{n}={apps[n].status if n in apps else 'pending'}" for n in names))
+            raise TimeoutError(
+                f"applications {names} not running after {timeout_s:.0f} s: "
+                + ", ".join(f"{n}={apps[n].status if n in apps else 'pending'}" for n in names)
+            )
         time.sleep(0.5)
 
 
@@ -221,8 +227,10 @@ def run(job: JobConfig) -> dict[str, Any]:
     serve.run(build_app(app_cfg), name=cfg.app_name, route_prefix=cfg.route_prefix, blocking=False)
     wait_running([cfg.app_name])
     endpoint = url + cfg.route_prefix.rstrip("/")
-    print(f"{cfg.app_name}: {' '.join(endpoint + p for p in route_paths(app_cfg))}  (models {', '.join(app_cfg.sources)})",
-          flush=True)
+    print(
+        f"{cfg.app_name}: {' '.join(endpoint + p for p in route_paths(app_cfg))}  (models {', '.join(app_cfg.sources)})",
+        flush=True,
+    )
     summary = {"app": cfg.app_name, "url": endpoint, "models": list(app_cfg.sources), "family": app_cfg.family}
     if cfg.blocking:
         _block([cfg.app_name])
@@ -266,10 +274,13 @@ def load_serve_config(path: str, overrides: list[str] | None = None, local_clust
                 swap = dep.user_config.get("model")
                 if swap and swap != cfg.model:  # it wins over args.model: it must hold a model too
                     swap_cfg = cfg.model_copy(update={"model": swap, "family": None})
-                    if cfg.family and resolve_family(swap_cfg, f"{path}: application {app.name!r} user_config",
-                                                     local=local_cluster) not in (None, cfg.family):
-                        raise ConfigError(f"{path}: application {app.name!r}: user_config.model {swap!r} is not a "
-                                          f"{cfg.family!r} model, and the routes are that family's")
+                    if cfg.family and resolve_family(
+                        swap_cfg, f"{path}: application {app.name!r} user_config", local=local_cluster
+                    ) not in (None, cfg.family):
+                        raise ConfigError(
+                            f"{path}: application {app.name!r}: user_config.model {swap!r} is not a "
+                            f"{cfg.family!r} model, and the routes are that family's"
+                        )
     return schema
 
 
@@ -277,18 +288,26 @@ def _check_deployments(app: Any, path: str) -> None:
     """Deployment entries our application has (one), with no options the replica enforces itself."""
     for dep in app.deployments:
         if dep.name != MODEL_DEPLOYMENT:
-            hint = (" (the ingress is gone: each SentimentModel replica serves HTTP itself; drop this entry)"
-                    if dep.name == "Ingress" else "")
-            raise ConfigError(f"{path}: application {app.name!r} has no deployment {dep.name!r}; "
-                              f"it has one, {MODEL_DEPLOYMENT!r}{hint}")
+            hint = (
+                " (the ingress is gone: each SentimentModel replica serves HTTP itself; drop this entry)"
+                if dep.name == "Ingress"
+                else ""
+            )
+            raise ConfigError(
+                f"{path}: application {app.name!r} has no deployment {dep.name!r}; "
+                f"it has one, {MODEL_DEPLOYMENT!r}{hint}"
+            )
         given = [k for k in REPLICA_ARGS if k in dep.model_fields_set]
         if given:
-            raise ConfigError(f"{path}: application {app.name!r}, deployment {dep.name!r}: set {', '.join(given)} in "
-                              "args (the replica admits requests itself, so that an overload is a 503 in the API's error shape)")
+            raise ConfigError(
+                f"{path}: application {app.name!r}, deployment {dep.name!r}: set {', '.join(given)} in "
+                "args (the replica admits requests itself, so that an overload is a 503 in the API's error shape)"
+            )
 
 
-def serve_config_file(path: str, overrides: list[str] | None = None, address: str | None = None,
-                      blocking: bool = True) -> dict[str, Any]:
+def serve_config_file(
+    path: str, overrides: list[str] | None = None, address: str | None = None, blocking: bool = True
+) -> dict[str, Any]:
     """Deploy a Serve YAML (``applications: [...]``) as ``serve run`` does, after validating our args.
 
     A job YAML (``stage: serve``) goes to :func:`run` instead.
@@ -344,7 +363,9 @@ def add_commands(subparsers: Any) -> None:
         "with stage: serve. key=value overrides set the args of the sentiray applications.",
     )
     p.add_argument("config", help="serve/student.yaml (Serve config) or a job YAML with stage: serve")
-    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override application args (values parsed as YAML)")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key.sub=value", help="override application args (values parsed as YAML)"
+    )
     p.add_argument("--address", help="Ray cluster to deploy to (default: RAY_ADDRESS, else a local cluster)")
     p.add_argument("--no-block", action="store_true", help="return once the applications run, leaving them deployed")
     p.set_defaults(func=cmd_serve)

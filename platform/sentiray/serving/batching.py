@@ -64,7 +64,9 @@ def isolate(compute: Compute, model: Any, kind: str, groups: list[list[Any]], op
         if len(groups) == 1:
             return [exc]
         mid = len(groups) // 2
-        return isolate(compute, model, kind, groups[:mid], options) + isolate(compute, model, kind, groups[mid:], options)
+        return isolate(compute, model, kind, groups[:mid], options) + isolate(
+            compute, model, kind, groups[mid:], options
+        )
     out, start = [], 0
     for group in groups:
         out.append(outputs[start : start + len(group)])
@@ -75,8 +77,15 @@ def isolate(compute: Compute, model: Any, kind: str, groups: list[list[Any]], op
 class Batcher:
     """One lane: a queue, ``slots`` batches computing at once on ``executor``."""
 
-    def __init__(self, compute: Compute, executor: Executor, slots: asyncio.Semaphore, max_batch_size: int,
-                 batch_wait_timeout_s: float, arriving: Callable[[], int]):
+    def __init__(
+        self,
+        compute: Compute,
+        executor: Executor,
+        slots: asyncio.Semaphore,
+        max_batch_size: int,
+        batch_wait_timeout_s: float,
+        arriving: Callable[[], int],
+    ):
         self.compute = compute
         self.executor = executor
         self.slots = slots
@@ -165,7 +174,8 @@ class Batcher:
         first = batch[0]
         try:
             outcomes = await asyncio.get_running_loop().run_in_executor(
-                self.executor, isolate, self.compute, first.model, first.kind, [r.rows for r in batch], first.options)
+                self.executor, isolate, self.compute, first.model, first.kind, [r.rows for r in batch], first.options
+            )
         except BaseException as exc:  # noqa: BLE001 - the executor itself failed (shut down): nobody gets an answer
             outcomes = [exc] * len(batch)
         finally:

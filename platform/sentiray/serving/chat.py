@@ -54,7 +54,9 @@ def fingerprint(info: dict[str, Any]) -> str:
 def user_input(req: ChatRequest, limits: Any, takes_images: bool, kind: str) -> tuple[str, bytes | None]:
     """The text and the image bytes of the last user message."""
     if len(req.messages) > limits.max_messages:
-        raise ApiError(422, f"messages: {len(req.messages)} messages, the limit is {limits.max_messages}", "too_many_messages")
+        raise ApiError(
+            422, f"messages: {len(req.messages)} messages, the limit is {limits.max_messages}", "too_many_messages"
+        )
     users = [i for i, m in enumerate(req.messages) if m.role == "user"]
     if not users:
         raise ApiError(400, "messages: no message with role 'user'", "no_user_message")
@@ -87,14 +89,28 @@ def add_chat_routes(app: FastAPI, server: Any) -> None:
 
     @app.get("/v1/models", response_model=ModelList, responses=ERRORS, tags=["openai"])
     async def models() -> ModelList:
-        cards = [ModelCard(id=model_id, created=server.started,
-                           source=ModelInfo(**info) if (info := server.model_info(model_id)) else None)
-                 for model_id in cfg.sources]
+        cards = [
+            ModelCard(
+                id=model_id,
+                created=server.started,
+                source=ModelInfo(**info) if (info := server.model_info(model_id)) else None,
+            )
+            for model_id in cfg.sources
+        ]
         return ModelList(data=cards)
 
-    @app.post("/v1/chat/completions", response_model=None, responses={200: {"model": ChatCompletion}, **ERRORS},
-              tags=["openai"], openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                  "schema": {"$ref": "#/components/schemas/ChatRequest"}}}}})
+    @app.post(
+        "/v1/chat/completions",
+        response_model=None,
+        responses={200: {"model": ChatCompletion}, **ERRORS},
+        tags=["openai"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatRequest"}}},
+            }
+        },
+    )
     async def chat_completions(request: Request):
         req = validate_body(ChatRequest, await request.body())
         loaded = await server.model_for(requested_model(request, req))
@@ -105,22 +121,34 @@ def add_chat_routes(app: FastAPI, server: Any) -> None:
         max_new = req.max_completion_tokens or req.max_tokens or cfg.chat_max_new_tokens
         check_max_tokens("max_completion_tokens" if req.max_completion_tokens else "max_tokens", max_new, limits)
         options = {"max_new_tokens": max_new, "temperature": req.temperature or 0.0}
-        completion = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": req.model,
-                      "system_fingerprint": fingerprint(loaded.info)}
+        completion = {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "created": int(time.time()),
+            "model": req.model,
+            "system_fingerprint": fingerprint(loaded.info),
+        }
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             events = server.stream(loaded, text, image, options)
-            return StreamingResponse(_stream_body(events, completion, include_usage), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
+            return StreamingResponse(
+                _stream_body(events, completion, include_usage),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
+            )
         answer = await server.predict(loaded, [{"prompt": text, "image": image}], options, "generate", kind="generate")
         out = answer.outputs[0]
         finish = "length" if out.new_tokens >= max_new else "stop"
-        return json_response(ChatCompletion(
-            **completion,
-            choices=[{"index": 0, "message": {"role": "assistant", "content": out.text}, "finish_reason": finish}],
-            usage={"prompt_tokens": out.prompt_tokens, "completion_tokens": out.new_tokens,
-                   "total_tokens": out.prompt_tokens + out.new_tokens},
-        ))
+        return json_response(
+            ChatCompletion(
+                **completion,
+                choices=[{"index": 0, "message": {"role": "assistant", "content": out.text}, "finish_reason": finish}],
+                usage={
+                    "prompt_tokens": out.prompt_tokens,
+                    "completion_tokens": out.new_tokens,
+                    "total_tokens": out.prompt_tokens + out.new_tokens,
+                },
+            )
+        )
 
     schema = ChatRequest.model_json_schema(ref_template="#/components/schemas/{model}")
     app.state.extra_schemas.update({**schema.pop("$defs", {}), "ChatRequest": schema})
@@ -131,8 +159,13 @@ async def _stream_body(events: Any, completion: dict[str, Any], include_usage: b
     the stream, as OpenAI does."""
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
-        return _sse({**completion, "object": "chat.completion.chunk",
-                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        return _sse(
+            {
+                **completion,
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+        )
 
     try:
         yield chunk({"role": "assistant", "content": ""})
@@ -144,13 +177,32 @@ async def _stream_body(events: Any, completion: dict[str, Any], include_usage: b
                 end = event
         yield chunk({}, end["finish_reason"])
         if include_usage:
-            usage = {"prompt_tokens": end["prompt_tokens"], "completion_tokens": end["completion_tokens"],
-                     "total_tokens": end["prompt_tokens"] + end["completion_tokens"]}
-            yield _sse({"id": completion["id"], "object": "chat.completion.chunk", "created": completion["created"],
-                        "model": completion["model"], "choices": [], "usage": usage})
+            usage = {
+                "prompt_tokens": end["prompt_tokens"],
+                "completion_tokens": end["completion_tokens"],
+                "total_tokens": end["prompt_tokens"] + end["completion_tokens"],
+            }
+            yield _sse(
+                {
+                    "id": completion["id"],
+                    "object": "chat.completion.chunk",
+                    "created": completion["created"],
+                    "model": completion["model"],
+                    "choices": [],
+                    "usage": usage,
+                }
+            )
     except Exception as exc:
         logger.exception("sentiray: stream failed")
-        yield _sse({"error": {"message": f"stream failed ({type(exc).__name__})", "type": "server_error", "code": "internal_error"}})
+        yield _sse(
+            {
+                "error": {
+                    "message": f"stream failed ({type(exc).__name__})",
+                    "type": "server_error",
+                    "code": "internal_error",
+                }
+            }
+        )
     finally:
         await events.aclose()  # the client left or we are done: stop generating
     yield "data: [DONE]\n\n"

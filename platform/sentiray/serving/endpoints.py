@@ -64,7 +64,9 @@ def validate_body(model: type[BaseModel], body: bytes) -> Any:
     except ValidationError as exc:
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
-            raise ApiError(400, f"request body is not valid JSON ({format_validation_errors(errors)})", "invalid_json") from None
+            raise ApiError(
+                400, f"request body is not valid JSON ({format_validation_errors(errors)})", "invalid_json"
+            ) from None
         raise ApiError(422, format_validation_errors(errors), "invalid_request") from None
 
 
@@ -82,8 +84,11 @@ def requested_model(request: Request, body: Any) -> str | None:
     header = serve.get_multiplexed_model_id() or None
     field = getattr(body, "model", None) or None
     if header and field and header != field:
-        raise ApiError(400, f"model: the body names {field!r}, the serve_multiplexed_model_id header {header!r}",
-                       "conflicting_model")
+        raise ApiError(
+            400,
+            f"model: the body names {field!r}, the serve_multiplexed_model_id header {header!r}",
+            "conflicting_model",
+        )
     return header or field
 
 
@@ -91,10 +96,21 @@ def add_family_routes(app: FastAPI, server: Any, tag: str) -> None:
     """Mount every endpoint of the server's family."""
     for endpoint in server.endpoints:
         app.add_api_route(
-            endpoint.path, _handler(server, endpoint), methods=["POST"], tags=[tag], summary=endpoint.summary or None,
-            response_model=None, responses={200: {"model": endpoint.response}, **ERRORS} if endpoint.response else ERRORS,
-            openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                "schema": {"$ref": f"#/components/schemas/{endpoint.request.__name__}"}}}}},
+            endpoint.path,
+            _handler(server, endpoint),
+            methods=["POST"],
+            tags=[tag],
+            summary=endpoint.summary or None,
+            response_model=None,
+            responses={200: {"model": endpoint.response}, **ERRORS} if endpoint.response else ERRORS,
+            openapi_extra={
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": f"#/components/schemas/{endpoint.request.__name__}"}}
+                    },
+                }
+            },
         )
 
 
@@ -106,16 +122,27 @@ def _handler(server: Any, endpoint: Any):
             body = await request.body()
             start = time.perf_counter()
             offload = len(body) > OFFLOAD_BYTES
-            req = await asyncio.to_thread(validate_body, endpoint.request, body) if offload else validate_body(endpoint.request, body)
+            req = (
+                await asyncio.to_thread(validate_body, endpoint.request, body)
+                if offload
+                else validate_body(endpoint.request, body)
+            )
             loaded = await server.model_for(requested_model(request, req))
             parse_args = (req, loaded.context)
-            rows, options = await asyncio.to_thread(endpoint.parse, *parse_args) if offload else endpoint.parse(*parse_args)
+            rows, options = (
+                await asyncio.to_thread(endpoint.parse, *parse_args) if offload else endpoint.parse(*parse_args)
+            )
             lane = "generate" if endpoint.generates and endpoint.generates(options) else "score"
             server.arriving -= 1
             submitted = True
             answer = await server.predict(loaded, rows, options, lane)
-            timings = {"total_ms": (time.perf_counter() - start) * 1000, "model_ms": answer.model_ms,
-                       "queue_ms": answer.queue_ms, "batch_size": answer.batch_size, "batch_failures": answer.batch_failures}
+            timings = {
+                "total_ms": (time.perf_counter() - start) * 1000,
+                "model_ms": answer.model_ms,
+                "queue_ms": answer.queue_ms,
+                "batch_size": answer.batch_size,
+                "batch_failures": answer.batch_failures,
+            }
             return json_response(endpoint.respond(req, answer.outputs, {**loaded.info, "timings": timings}))
         finally:
             if not submitted:
@@ -146,11 +173,15 @@ def endpoint_settings(endpoints: tuple, cfg: Any, source: str = "serve applicati
     classes = {e.settings for e in endpoints if e.settings is not None}
     if not classes:
         if cfg.endpoint:
-            raise ConfigError(f"invalid config {source}:\n  endpoint: this family's endpoints take no settings "
-                              f"(got {', '.join(sorted(cfg.endpoint))})")
+            raise ConfigError(
+                f"invalid config {source}:\n  endpoint: this family's endpoints take no settings "
+                f"(got {', '.join(sorted(cfg.endpoint))})"
+            )
         return None
     if len(classes) > 1:
-        raise ConfigError(f"the endpoints of one family must share one settings model, found {sorted(c.__name__ for c in classes)}")
+        raise ConfigError(
+            f"the endpoints of one family must share one settings model, found {sorted(c.__name__ for c in classes)}"
+        )
     (model,) = classes
     try:
         return model.model_validate(cfg.endpoint, context={"limits": cfg.limits})

@@ -52,8 +52,12 @@ def error_response(status: int, message: str, code: str, headers: dict[str, str]
 
 def overloaded(held: int, retry_after_s: float) -> JSONResponse:
     retry = max(1, math.ceil(retry_after_s))
-    return error_response(503, f"overloaded, retry in {retry} s ({held} requests in this replica, its limit)",
-                          "overloaded", {"Retry-After": str(retry)})
+    return error_response(
+        503,
+        f"overloaded, retry in {retry} s ({held} requests in this replica, its limit)",
+        "overloaded",
+        {"Retry-After": str(retry)},
+    )
 
 
 # --------------------------------------------------------------------------- middleware
@@ -79,11 +83,15 @@ class Guard:
 
     def _authorized(self, headers: dict[bytes, bytes]) -> bool:
         auth = headers.get(b"authorization", b"").decode("latin-1")
-        given = auth[7:].strip() if auth.lower().startswith("bearer ") else headers.get(b"x-api-key", b"").decode("latin-1")
+        given = (
+            auth[7:].strip() if auth.lower().startswith("bearer ") else headers.get(b"x-api-key", b"").decode("latin-1")
+        )
         return bool(given) and hmac.compare_digest(given.encode(), self.api_key.encode())
 
     def _too_large(self, size: int | str) -> JSONResponse:
-        return error_response(413, f"request body: {size} bytes, the limit is {self.max_body_bytes}", "payload_too_large")
+        return error_response(
+            413, f"request body: {size} bytes, the limit is {self.max_body_bytes}", "payload_too_large"
+        )
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -92,7 +100,10 @@ class Guard:
         probe = _route_path(scope) in PROBE_PATHS
         if self.api_key is not None and not probe and not self._authorized(headers):
             response = error_response(
-                401, "missing or wrong API key: send 'Authorization: Bearer <key>'", "invalid_api_key", {"WWW-Authenticate": "Bearer"}
+                401,
+                "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                "invalid_api_key",
+                {"WWW-Authenticate": "Bearer"},
             )
             return await response(scope, receive, send)
         if probe:
@@ -163,7 +174,9 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def _invalid(_, exc: RequestValidationError):
         errs = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errs):
-            return error_response(400, f"request body is not valid JSON ({format_validation_errors(errs)})", "invalid_json")
+            return error_response(
+                400, f"request body is not valid JSON ({format_validation_errors(errs)})", "invalid_json"
+            )
         return error_response(422, format_validation_errors(errs), "invalid_request")
 
     @app.exception_handler(StarletteHTTPException)

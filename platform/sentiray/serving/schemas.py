@@ -64,8 +64,9 @@ class Timings(BaseModel):
     model_ms: float = Field(description="Compute time of the batch this request ran in.")
     queue_ms: float = Field(description="Time this request waited for its batch to start.")
     batch_size: int = Field(description="Rows in the batch this request ran in.")
-    batch_failures: int = Field(0, description="Requests of that batch that failed alone on their input (model_ms "
-                                "includes isolating them).")
+    batch_failures: int = Field(
+        0, description="Requests of that batch that failed alone on their input (model_ms includes isolating them)."
+    )
 
 
 # --------------------------------------------------------------------------- OpenAI chat completions
@@ -171,7 +172,9 @@ def check_text(field: str, text: str, limit: int) -> None:
 
 def check_max_tokens(field: str, value: int, limits: ServeLimits) -> None:
     if value > limits.max_new_tokens:
-        raise ApiError(422, f"{field}: {value} tokens asked, the limit is {limits.max_new_tokens}", "max_tokens_too_large")
+        raise ApiError(
+            422, f"{field}: {value} tokens asked, the limit is {limits.max_new_tokens}", "max_tokens_too_large"
+        )
 
 
 def check_features(field: str, seq: list[list[float]] | None, limits: ServeLimits) -> tuple[int, int] | None:
@@ -185,7 +188,11 @@ def check_features(field: str, seq: list[list[float]] | None, limits: ServeLimit
         raise ApiError(422, f"{field}: frame 0 is empty; send T x D numbers with D >= 1", "bad_features")
     for i, row in enumerate(seq):
         if len(row) != dim:
-            raise ApiError(422, f"{field}: frame {i} has {len(row)} numbers, frame 0 has {dim}; all frames need the same D", "bad_features")
+            raise ApiError(
+                422,
+                f"{field}: frame {i} has {len(row)} numbers, frame 0 has {dim}; all frames need the same D",
+                "bad_features",
+            )
     if frames > limits.max_feature_frames:
         raise ApiError(422, f"{field}: {frames} frames, the limit is {limits.max_feature_frames}", "bad_features")
     if dim > limits.max_feature_dim:
@@ -197,7 +204,11 @@ def image_bytes(field: str, value: str, limits: ServeLimits) -> bytes:
     """The bytes of an image sent as base64 or as a data URL; never fetches a URL."""
     value = value.strip()
     if value.startswith(("http://", "https://")):
-        raise ApiError(400, f"{field}: image URLs are not fetched; send the image as base64 or a data URL", "image_url_not_supported")
+        raise ApiError(
+            400,
+            f"{field}: image URLs are not fetched; send the image as base64 or a data URL",
+            "image_url_not_supported",
+        )
     if value.startswith("data:"):
         header, sep, payload = value.partition(",")
         if not sep or not header.endswith(";base64"):
@@ -206,7 +217,9 @@ def image_bytes(field: str, value: str, limits: ServeLimits) -> bytes:
     value = "".join(value.split())  # base64 wrapped over lines
     # Refuse an oversized image before decoding it (4 characters carry 3 bytes).
     if len(value) // 4 * 3 > limits.max_image_bytes + 3:
-        raise ApiError(413, f"{field}: about {len(value) // 4 * 3} bytes, the limit is {limits.max_image_bytes}", "image_too_large")
+        raise ApiError(
+            413, f"{field}: about {len(value) // 4 * 3} bytes, the limit is {limits.max_image_bytes}", "image_too_large"
+        )
     try:
         data = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
@@ -235,17 +248,35 @@ def check_image(field: str, value: str, limits: ServeLimits) -> bytes:
     except (UnidentifiedImageError, OSError):
         raise ApiError(400, f"{field}: not an image PIL can read", "bad_image") from None
     if fmt not in limits.image_formats:
-        raise ApiError(415, f"{field}: format {fmt} is not accepted; send one of {', '.join(limits.image_formats)}", "bad_image_format")
+        raise ApiError(
+            415,
+            f"{field}: format {fmt} is not accepted; send one of {', '.join(limits.image_formats)}",
+            "bad_image_format",
+        )
     if max(width, height) > limits.max_image_side:
-        raise ApiError(422, f"{field}: {width}x{height} pixels, the limit is {limits.max_image_side} per side", "image_too_large")
+        raise ApiError(
+            422, f"{field}: {width}x{height} pixels, the limit is {limits.max_image_side} per side", "image_too_large"
+        )
     if min(width, height) < limits.min_image_side:
-        raise ApiError(422, f"{field}: {width}x{height} pixels, each side needs at least {limits.min_image_side}", "image_too_small")
+        raise ApiError(
+            422,
+            f"{field}: {width}x{height} pixels, each side needs at least {limits.min_image_side}",
+            "image_too_small",
+        )
     if width * height > limits.max_image_pixels:
-        raise ApiError(422, f"{field}: {width * height} pixels ({width}x{height}), the limit is {limits.max_image_pixels}", "image_too_large")
+        raise ApiError(
+            422,
+            f"{field}: {width * height} pixels ({width}x{height}), the limit is {limits.max_image_pixels}",
+            "image_too_large",
+        )
     ratio = max(width, height) / min(width, height)
     if ratio > limits.max_image_aspect_ratio:
-        raise ApiError(422, f"{field}: {width}x{height} pixels, aspect ratio {ratio:.1f}, the limit is "
-                       f"{limits.max_image_aspect_ratio:g}", "bad_image_aspect_ratio")
+        raise ApiError(
+            422,
+            f"{field}: {width}x{height} pixels, aspect ratio {ratio:.1f}, the limit is "
+            f"{limits.max_image_aspect_ratio:g}",
+            "bad_image_aspect_ratio",
+        )
     return data
 
 
@@ -260,4 +291,3 @@ def format_validation_errors(errors: list[dict[str, Any]]) -> str:
         msg = err.get("msg", "invalid")
         parts.append(f"{where}: {msg}" if where else msg)
     return "; ".join(parts) or "invalid request"
-

@@ -63,8 +63,12 @@ def compute(loaded: LoadedModel, kind: str, rows: list[dict[str, Any]], options:
     from sentiray.data import images
 
     pictures = [images.decode(r["image"]) if r.get("image") else None for r in rows]
-    return loaded.predictor.generate([r["prompt"] for r in rows], pictures, max_new_tokens=options["max_new_tokens"],
-                                     temperature=options["temperature"])
+    return loaded.predictor.generate(
+        [r["prompt"] for r in rows],
+        pictures,
+        max_new_tokens=options["max_new_tokens"],
+        temperature=options["temperature"],
+    )
 
 
 def request_error(exc: BaseException) -> ApiError:
@@ -73,13 +77,21 @@ def request_error(exc: BaseException) -> ApiError:
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, ValueError):
-        return ApiError(422, f"the model could not process this input ({type(exc).__name__}: {exc})", "unprocessable_input")
+        return ApiError(
+            422, f"the model could not process this input ({type(exc).__name__}: {exc})", "unprocessable_input"
+        )
     logger.error("sentiray: prediction failed", exc_info=exc)
     return ApiError(500, f"internal error ({type(exc).__name__}); see the server log", "internal_error")
 
 
-def _generate_streaming(loaded: LoadedModel, prompt: str, image: bytes | None, options: dict[str, Any],
-                        streamer: Any, cancelled: threading.Event) -> Any:
+def _generate_streaming(
+    loaded: LoadedModel,
+    prompt: str,
+    image: bytes | None,
+    options: dict[str, Any],
+    streamer: Any,
+    cancelled: threading.Event,
+) -> Any:
     """One answer, handed to ``streamer`` as it comes; ``cancelled`` stops it (the client left)."""
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
@@ -92,9 +104,14 @@ def _generate_streaming(loaded: LoadedModel, prompt: str, image: bytes | None, o
 
     try:
         picture = images.decode(image) if image else None
-        return loaded.predictor.generate([prompt], [picture], max_new_tokens=options["max_new_tokens"],
-                                         temperature=options["temperature"], streamer=streamer,
-                                         stopping_criteria=StoppingCriteriaList([_Cancelled()]))[0]
+        return loaded.predictor.generate(
+            [prompt],
+            [picture],
+            max_new_tokens=options["max_new_tokens"],
+            temperature=options["temperature"],
+            streamer=streamer,
+            stopping_criteria=StoppingCriteriaList([_Cancelled()]),
+        )[0]
     except BaseException:
         streamer.end()  # else the consumer would wait for text forever
         raise
@@ -127,16 +144,31 @@ class SentimentModel:
         self._generate_slots = asyncio.Semaphore(generations)
         arriving = lambda: self.arriving
         self.lanes = {
-            "score": Batcher(compute, ThreadPoolExecutor(1, thread_name_prefix="sentiray-score"), asyncio.Semaphore(1),
-                             self.cfg.max_batch_size, self.cfg.batch_wait_timeout_s, arriving),
-            "generate": Batcher(compute, self._generate_pool, self._generate_slots, self.cfg.max_batch_size,
-                                self.cfg.batch_wait_timeout_s, arriving),
+            "score": Batcher(
+                compute,
+                ThreadPoolExecutor(1, thread_name_prefix="sentiray-score"),
+                asyncio.Semaphore(1),
+                self.cfg.max_batch_size,
+                self.cfg.batch_wait_timeout_s,
+                arriving,
+            ),
+            "generate": Batcher(
+                compute,
+                self._generate_pool,
+                self._generate_slots,
+                self.cfg.max_batch_size,
+                self.cfg.batch_wait_timeout_s,
+                arriving,
+            ),
         }
         if self.cfg.models:
+
             async def load_by_id(model_id: str) -> LoadedModel:
                 return await asyncio.to_thread(self._load, model_id, self.cfg.models[model_id])
 
-            self._multiplexed = serve.multiplexed(max_num_models_per_replica=self.cfg.max_models_per_replica)(load_by_id)
+            self._multiplexed = serve.multiplexed(max_num_models_per_replica=self.cfg.max_models_per_replica)(
+                load_by_id
+            )
         # A single model comes with the user_config, in reconfigure(), which Serve calls right
         # after __init__: loading it here too would load it twice.
 
@@ -162,8 +194,11 @@ class SentimentModel:
         return loaded
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        defaults = {"model": self.cfg.model, "max_batch_size": self.cfg.max_batch_size,
-                    "batch_wait_timeout_s": self.cfg.batch_wait_timeout_s}
+        defaults = {
+            "model": self.cfg.model,
+            "max_batch_size": self.cfg.max_batch_size,
+            "batch_wait_timeout_s": self.cfg.batch_wait_timeout_s,
+        }
         settings = ModelSettings.model_validate({**defaults, **(user_config or {})})
         for lane in self.lanes.values():
             lane.max_batch_size = settings.max_batch_size
@@ -192,14 +227,21 @@ class SentimentModel:
                 await self.reconfigure({})
             return self._loaded
         if model_id is None:
-            raise ApiError(400, f"model: name one of {known} (the serve_multiplexed_model_id header, or the body's "
-                           "model field)", "model_required")
+            raise ApiError(
+                400,
+                f"model: name one of {known} (the serve_multiplexed_model_id header, or the body's model field)",
+                "model_required",
+            )
         try:
             return await self._multiplexed(model_id)
         except Exception:  # logged; the client gets a 503, not the traceback
             logger.exception("sentiray: loading %s failed", model_id)
-            raise ApiError(503, f"model {model_id!r} could not be loaded; see the server log", "model_unavailable",
-                           {"Retry-After": "5"}) from None
+            raise ApiError(
+                503,
+                f"model {model_id!r} could not be loaded; see the server log",
+                "model_unavailable",
+                {"Retry-After": "5"},
+            ) from None
 
     def model_info(self, model_id: str) -> dict[str, Any] | None:
         return self._infos.get(model_id)
@@ -209,8 +251,9 @@ class SentimentModel:
 
     # ----------------------------------------------------------------- computing
 
-    async def predict(self, loaded: LoadedModel, rows: list[Any], options: dict[str, Any], lane: str,
-                      kind: str = "predict") -> Answer:
+    async def predict(
+        self, loaded: LoadedModel, rows: list[Any], options: dict[str, Any], lane: str, kind: str = "predict"
+    ) -> Answer:
         """The outputs of one request's rows, computed in a batch of its lane."""
         try:
             return await self.lanes[lane].submit(loaded, kind, rows, options)
@@ -229,7 +272,8 @@ class SentimentModel:
             streamer = AsyncTextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
             cancelled = threading.Event()
             future = asyncio.get_running_loop().run_in_executor(
-                self._generate_pool, _generate_streaming, loaded, prompt, image, options, streamer, cancelled)
+                self._generate_pool, _generate_streaming, loaded, prompt, image, options, streamer, cancelled
+            )
             future.add_done_callback(lambda f: f.cancelled() or f.exception())  # a failure after we left: seen, logged
             # Generation strips the answer; the stream does the same, holding back whitespace
             # until text follows it, so streamed and plain answers are equal.
@@ -248,4 +292,9 @@ class SentimentModel:
             finally:
                 cancelled.set()  # the client left (or we failed): stop generating
         finish = "length" if out.new_tokens >= options["max_new_tokens"] else "stop"
-        yield {"event": "end", "prompt_tokens": out.prompt_tokens, "completion_tokens": out.new_tokens, "finish_reason": finish}
+        yield {
+            "event": "end",
+            "prompt_tokens": out.prompt_tokens,
+            "completion_tokens": out.new_tokens,
+            "finish_reason": finish,
+        }

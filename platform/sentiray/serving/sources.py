@@ -71,8 +71,10 @@ def _pin(client: Any, rest: str, store: str) -> tuple[str, str]:
         raise ValueError(f"no registered model {name!r} in the MLflow store {store}") from None
     versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
     if not versions:
-        raise ValueError(f"registered model {name!r} has no versions yet in {store} (train one first, "
-                         "e.g. `sentiray train jobs/student.yaml`, or `sentiray demo`)")
+        raise ValueError(
+            f"registered model {name!r} has no versions yet in {store} (train one first, "
+            "e.g. `sentiray train jobs/student.yaml`, or `sentiray demo`)"
+        )
     if alias is not None:
         try:
             return name, str(client.get_model_version_by_alias(name, alias).version)
@@ -82,7 +84,9 @@ def _pin(client: Any, rest: str, store: str) -> tuple[str, str]:
     if version in ("", "latest"):
         return name, str(versions[-1])
     if not version.isdigit() or int(version) not in versions:
-        raise ValueError(f"registered model {name!r} has no version {version!r} (versions: {', '.join(map(str, versions))})")
+        raise ValueError(
+            f"registered model {name!r} has no version {version!r} (versions: {', '.join(map(str, versions))})"
+        )
     return name, version
 
 
@@ -120,8 +124,10 @@ def _folder_manifest(uri: str, where: str) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - s3fs: no bucket, no credentials, no endpoint
         raise ConfigError(f"{where}: cannot read {uri} ({type(exc).__name__}: {exc})") from None
     if not present:
-        raise ConfigError(f"{where}: {uri} holds no model (none of {', '.join(MODEL_FILES)} there); "
-                          "give the folder the training stage exported")
+        raise ConfigError(
+            f"{where}: {uri} holds no model (none of {', '.join(MODEL_FILES)} there); "
+            "give the folder the training stage exported"
+        )
     if families.MANIFEST in present:
         return json.loads(storage.read_text(storage.join(uri, families.MANIFEST)))
     return {"family": "mulcot"}  # a plain HF folder: read_manifest's default
@@ -175,17 +181,23 @@ def resolve_family(cfg: ServeAppConfig, source: str = "serve application args", 
             found[model_id] = manifest.get("family", "mulcot")
     names = set(found.values())
     if len(names) > 1:
-        raise ConfigError(f"invalid config {source}:\n  models: one application serves one family's endpoints; "
-                          f"these models are of several: {found}")
+        raise ConfigError(
+            f"invalid config {source}:\n  models: one application serves one family's endpoints; "
+            f"these models are of several: {found}"
+        )
     family = cfg.family or (names.pop() if names else None)
     if family is not None:
         where = "family" if cfg.family else ("models" if cfg.models else "model") + " (its manifest's family)"
         try:
             families.family_class(family)  # an unknown family fails here, naming the known ones
         except ConfigError as exc:
-            raise ConfigError(f"invalid config {source}:\n  {where}: {str(exc).removeprefix('train.family: ')}") from None
+            raise ConfigError(
+                f"invalid config {source}:\n  {where}: {str(exc).removeprefix('train.family: ')}"
+            ) from None
         if cfg.family and found and set(found.values()) != {cfg.family}:
-            raise ConfigError(f"invalid config {source}:\n  family: {cfg.family!r}, but the model's manifest says {found}")
+            raise ConfigError(
+                f"invalid config {source}:\n  family: {cfg.family!r}, but the model's manifest says {found}"
+            )
     return family
 
 

@@ -42,7 +42,9 @@ def aggregate(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> list[di
     for name, members in groups.items():
         entry: dict[str, Any] = {"variant": name, "n": len(members), "seeds": sorted(r.get("seed") for r in members)}
         for metric in metrics:
-            values = [float(r[metric]) for r in members if r.get(metric) is not None and not math.isnan(float(r[metric]))]
+            values = [
+                float(r[metric]) for r in members if r.get(metric) is not None and not math.isnan(float(r[metric]))
+            ]
             entry[f"{metric}_mean"] = statistics.fmean(values) if values else float("nan")
             entry[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
         table.append(entry)
@@ -68,10 +70,20 @@ def plot(table: Sequence[dict[str, Any]], metrics: Sequence[str], title: str):
     width = 0.8 / max(1, len(metrics))
     for j, metric in enumerate(metrics):
         xs = [i + j * width for i in range(len(table))]
-        ax.bar(xs, [100 * r[f"{metric}_mean"] for r in table], width, yerr=[100 * r[f"{metric}_std"] for r in table],
-               capsize=3, label=metric)
-    ax.set_xticks([i + width * (len(metrics) - 1) / 2 for i in range(len(table))], [r["variant"] for r in table],
-                  rotation=25, ha="right")
+        ax.bar(
+            xs,
+            [100 * r[f"{metric}_mean"] for r in table],
+            width,
+            yerr=[100 * r[f"{metric}_std"] for r in table],
+            capsize=3,
+            label=metric,
+        )
+    ax.set_xticks(
+        [i + width * (len(metrics) - 1) / 2 for i in range(len(table))],
+        [r["variant"] for r in table],
+        rotation=25,
+        ha="right",
+    )
     ax.set_ylabel("% (mean over seeds, std bars)")
     ax.set_title(title)
     ax.legend()
@@ -141,7 +153,9 @@ def _scored(model_uri: str, data_uri: str, split: str) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweeps", nargs="+", help="tune.output of each finished sweep")
-    parser.add_argument("--split", help="score each trial's model on this split (e.g. test) instead of its best dev value")
+    parser.add_argument(
+        "--split", help="score each trial's model on this split (e.g. test) instead of its best dev value"
+    )
     parser.add_argument("--metric", action="append", help="metric column(s) (default: all the trials report)")
     args = parser.parse_args(argv)
     rows, run_id = [], None

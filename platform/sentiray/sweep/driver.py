@@ -31,17 +31,17 @@ import io
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from ray.tune import Callback
 
 from sentiray import config as config_mod
-from sentiray import runtime, tracking
+from sentiray import families, runtime, tracking
 from sentiray.config import ConfigError, JobConfig
 from sentiray.data import storage
 from sentiray.sweep import seeds, space
-from sentiray import families
 from sentiray.train import launcher
 
 SUCCESS = "_SUCCESS.json"
@@ -82,18 +82,25 @@ def plan(cfg: JobConfig) -> Sweep:
     tune_cfg = cfg.tune
     max_t = tune_cfg.max_t or cfg.train.epochs
     if tune_cfg.scheduler == "asha" and tune_cfg.grace_period > max_t:
-        raise ConfigError(f"invalid config: tune.grace_period ({tune_cfg.grace_period}) > the epochs of a trial "
-                          f"({max_t}, tune.max_t or train.epochs): ASHA could never stop a trial")
+        raise ConfigError(
+            f"invalid config: tune.grace_period ({tune_cfg.grace_period}) > the epochs of a trial "
+            f"({max_t}, tune.max_t or train.epochs): ASHA could never stop a trial"
+        )
     base = cfg.model_dump(mode="json")
     base["train"]["epochs"] = max_t
     space.check_fields(tune_cfg.search_space, base)
     resolved = launcher.prepare(cfg)
-    family = families.create(config_mod.validate({**resolved.model_dump(mode="json"), "stage": "train", "tune": None},
-                                                 source="tune (base training job)"))
+    family = families.create(
+        config_mod.validate(
+            {**resolved.model_dump(mode="json"), "stage": "train", "tune": None}, source="tune (base training job)"
+        )
+    )
     if not tune_cfg.metric.startswith(("dev_", "train_")):
-        raise ConfigError(f"invalid config: tune.metric {tune_cfg.metric!r} is not reported at epoch ends; use a dev "
-                          "metric of the family (dev_accuracy, dev_MAE, ...), or an epoch's mean training loss such "
-                          "as 'train_ce_l'")
+        raise ConfigError(
+            f"invalid config: tune.metric {tune_cfg.metric!r} is not reported at epoch ends; use a dev "
+            "metric of the family (dev_accuracy, dev_MAE, ...), or an epoch's mean training loss such "
+            "as 'train_ce_l'"
+        )
     family.check()  # missing data, a student without distill, ... fail here
     output = resolved.resolve(tune_cfg.output)
     if not storage.is_remote(output):
@@ -152,8 +159,10 @@ def _should_restore(sweep: Sweep) -> bool:
     if mode is True and not found:
         raise ConfigError(f"tune.resume is true but {sweep.experiment_path} holds no sweep to resume")
     if mode is False and found:
-        raise ConfigError(f"tune.output {sweep.output} already holds a sweep: rerun with tune.resume=auto to continue "
-                          "it, or choose another tune.output")
+        raise ConfigError(
+            f"tune.output {sweep.output} already holds a sweep: rerun with tune.resume=auto to continue "
+            "it, or choose another tune.output"
+        )
     return found
 
 
@@ -178,9 +187,11 @@ def run(cfg: JobConfig) -> dict[str, Any]:
         mlflow_info = None
         if parent is not None:
             mlflow_info = {"tracking_uri": tracking.tracking_uri(cfg.tracking), "run_id": parent.info.run_id}
-        print(f"tune: {'resuming' if restore else 'starting'} sweep at {sweep.output}: {cfg.tune.searcher} search, "
-              f"{cfg.tune.scheduler} scheduler, {cfg.tune.num_samples} sample(s), up to {concurrency} trial(s) at once "
-              f"({trial_resources(cfg)} each), {sweep.max_t} epoch(s) per trial")
+        print(
+            f"tune: {'resuming' if restore else 'starting'} sweep at {sweep.output}: {cfg.tune.searcher} search, "
+            f"{cfg.tune.scheduler} scheduler, {cfg.tune.num_samples} sample(s), up to {concurrency} trial(s) at once "
+            f"({trial_resources(cfg)} each), {sweep.max_t} epoch(s) per trial"
+        )
         grid = _fit(sweep, restore, concurrency, mlflow_info)
         summary = report(sweep, grid, parent)
         summary["seconds"] = time.perf_counter() - start
@@ -211,7 +222,9 @@ def _sweep_run(sweep: Sweep) -> Iterator[Any]:
             yield run
         return
     with tracking.stage_run(cfg, "tune") as run:
-        storage.write_json(state_uri, {"mlflow_run_id": run.info.run_id, "tracking_uri": tracking.tracking_uri(cfg.tracking)})
+        storage.write_json(
+            state_uri, {"mlflow_run_id": run.info.run_id, "tracking_uri": tracking.tracking_uri(cfg.tracking)}
+        )
         yield run
 
 
@@ -229,10 +242,16 @@ def _fit(sweep: Sweep, restore: bool, concurrency: int, mlflow_info: dict[str, A
         tune.with_parameters(
             run_trial,
             base=sweep.resolved.model_dump(mode="json"),
-            sweep={"output": sweep.output, "max_t": sweep.max_t, "metric": t.metric, "mode": t.mode, "mlflow": mlflow_info,
-                   # Service settings (S3, MLflow) for the trial and its Train workers; passed
-                   # as parameters, not in the trial config Tune writes to disk.
-                   "env": runtime.passthrough_env()},
+            sweep={
+                "output": sweep.output,
+                "max_t": sweep.max_t,
+                "metric": t.metric,
+                "mode": t.mode,
+                "mlflow": mlflow_info,
+                # Service settings (S3, MLflow) for the trial and its Train workers; passed
+                # as parameters, not in the trial config Tune writes to disk.
+                "env": runtime.passthrough_env(),
+            },
         ),
         {"CPU": t.trial_cpus},
     )
@@ -255,8 +274,12 @@ def _fit(sweep: Sweep, restore: bool, concurrency: int, mlflow_info: dict[str, A
                 max_concurrent_trials=concurrency if t.searcher == "optuna" else None,
                 trial_dirname_creator=_trial_dirname,
             ),
-            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=out_path, storage_filesystem=fs_out,
-                                      callbacks=[ReleaseTrainResources(sweep.output)]),
+            run_config=tune.RunConfig(
+                name=EXPERIMENT,
+                storage_path=out_path,
+                storage_filesystem=fs_out,
+                callbacks=[ReleaseTrainResources(sweep.output)],
+            ),
         )
     return tuner.fit()
 
@@ -281,8 +304,13 @@ def _scheduler(cfg: JobConfig, max_t: int):
         return FIFOScheduler()
     # stop_last_trials=False: a trial that reaches max_t ends by itself, so it exports its
     # model and marks its output complete instead of being killed mid-export.
-    return ASHAScheduler(time_attr=TIME_ATTR, max_t=max_t, grace_period=t.grace_period,
-                         reduction_factor=t.reduction_factor, stop_last_trials=False)
+    return ASHAScheduler(
+        time_attr=TIME_ATTR,
+        max_t=max_t,
+        grace_period=t.grace_period,
+        reduction_factor=t.reduction_factor,
+        stop_last_trials=False,
+    )
 
 
 # --------------------------------------------------------------------------- one trial
@@ -380,9 +408,14 @@ def _epoch_reporter(metric: str, max_t: int, history_uri: str):
             report = {**report, **{k: sum(v) / len(v) for k, v in self.losses.items()}}
             self.losses = {}
             if metric not in report:
-                raise ValueError(f"tune.metric {metric!r} is not in the epoch results, which carry {sorted(report)}"
-                                 + (" (train_* average the step reports: lower train.log_every)"
-                                    if metric.startswith("train_") else ""))
+                raise ValueError(
+                    f"tune.metric {metric!r} is not in the epoch results, which carry {sorted(report)}"
+                    + (
+                        " (train_* average the step reports: lower train.log_every)"
+                        if metric.startswith("train_")
+                        else ""
+                    )
+                )
             self.last_epoch = epoch
             self.history.append({k: v for k, v in report.items() if isinstance(v, (int, float))})
             storage.write_json(history_uri, self.history)
@@ -402,8 +435,13 @@ def trial_job(base: dict[str, Any], hp: dict[str, Any], trial_id: str, sweep: di
     if mlflow_info is None:
         raw["tracking"] = {**raw["tracking"], "enabled": False}
     else:
-        raw["tracking"] = {**raw["tracking"], "tracking_uri": mlflow_info["tracking_uri"], "run_name": f"trial-{trial_id}",
-                           "parent_run_id": mlflow_info["run_id"], "tags": {**raw["tracking"]["tags"], TRIAL_TAG: trial_id}}
+        raw["tracking"] = {
+            **raw["tracking"],
+            "tracking_uri": mlflow_info["tracking_uri"],
+            "run_name": f"trial-{trial_id}",
+            "parent_run_id": mlflow_info["run_id"],
+            "tags": {**raw["tracking"]["tags"], TRIAL_TAG: trial_id},
+        }
     return config_mod.validate(raw, source=f"tune trial {trial_id}")
 
 
@@ -492,18 +530,20 @@ def _trial_rows(sweep: Sweep, grid) -> list[dict[str, Any]]:
         else:
             status = "not_run"
         best = pick(values, key=lambda p: p[1]) if values else None
-        rows.append({
-            "trial": trial_id,
-            "status": status,
-            "epochs": values[-1][0] if values else 0,
-            "best": best[1] if best else None,
-            "best_epoch": best[0] if best else None,
-            "final": values[-1][1] if values else None,
-            "curve": values,
-            "hp": {k: space._plain(result.config.get(k)) for k in t.search_space},
-            "output": out,
-            "error": None if result.error is None else str(result.error).splitlines()[0][:200],
-        })
+        rows.append(
+            {
+                "trial": trial_id,
+                "status": status,
+                "epochs": values[-1][0] if values else 0,
+                "best": best[1] if best else None,
+                "best_epoch": best[0] if best else None,
+                "final": values[-1][1] if values else None,
+                "curve": values,
+                "hp": {k: space._plain(result.config.get(k)) for k in t.search_space},
+                "output": out,
+                "error": None if result.error is None else str(result.error).splitlines()[0][:200],
+            }
+        )
     # sorted by the metric, best first; trials without a value last
     sign = -1 if t.mode == "max" else 1
     rows.sort(key=lambda r: (r["best"] is None, sign * (r["best"] or 0.0), r["trial"]))
@@ -515,13 +555,17 @@ def format_table(rows: list[dict[str, Any]], metric: str, params: list[str]) -> 
     head = ["trial", "status", "epochs", f"best {metric}", "at epoch", "final", *params]
     body = []
     for r in rows:
-        body.append([
-            r["trial"], r["status"], str(r["epochs"]),
-            "-" if r["best"] is None else f"{r['best']:.4f}",
-            "-" if r["best_epoch"] is None else str(r["best_epoch"]),
-            "-" if r["final"] is None else f"{r['final']:.4f}",
-            *[_short(r["hp"][p]) for p in params],
-        ])
+        body.append(
+            [
+                r["trial"],
+                r["status"],
+                str(r["epochs"]),
+                "-" if r["best"] is None else f"{r['best']:.4f}",
+                "-" if r["best_epoch"] is None else str(r["best_epoch"]),
+                "-" if r["final"] is None else f"{r['final']:.4f}",
+                *[_short(r["hp"][p]) for p in params],
+            ]
+        )
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
@@ -598,9 +642,11 @@ def report(sweep: Sweep, grid, parent) -> dict[str, Any]:
         "table": [{k: v for k, v in r.items() if k not in ("curve", "is_best")} for r in rows],
         "mlflow_run_id": parent.info.run_id if parent is not None else None,
     }
-    print(f"tune: best {t.metric}={best['best']:.4f} (trial {best['trial']}: {', '.join(summary['best_overrides'])}); "
-          f"{counts['completed']} completed, {counts['early_stopped']} stopped early, {counts['error']} failed, "
-          f"{summary['trial_epochs']} trial-epochs")
+    print(
+        f"tune: best {t.metric}={best['best']:.4f} (trial {best['trial']}: {', '.join(summary['best_overrides'])}); "
+        f"{counts['completed']} completed, {counts['early_stopped']} stopped early, {counts['error']} failed, "
+        f"{summary['trial_epochs']} trial-epochs"
+    )
     print(f"tune: best config {best_uri}  ->  sentiray train {best_uri}")
     # A seed grid (train.seed swept): mean and std of each dev metric per setting of the rest.
     summary["seeds"] = seeds.aggregate(rows)
@@ -622,28 +668,41 @@ def _log_sweep(sweep: Sweep, rows, table: str, best, best_yaml: str, summary, pa
 
     t = sweep.cfg.tune
     client = mlflow.MlflowClient()
-    tracking.log_metrics({f"best_{t.metric}": best["best"], "trials": summary["trials"],
-                          "completed": summary["completed"], "early_stopped": summary["early_stopped"],
-                          "errored": summary["error"], "trial_epochs": summary["trial_epochs"]})
+    tracking.log_metrics(
+        {
+            f"best_{t.metric}": best["best"],
+            "trials": summary["trials"],
+            "completed": summary["completed"],
+            "early_stopped": summary["early_stopped"],
+            "errored": summary["error"],
+            "trial_epochs": summary["trial_epochs"],
+        }
+    )
     tracking.log_text(table + "\n", "tune/trials.txt")
     tracking.log_text(_csv(rows, list(t.search_space)), "tune/trials.csv")
     tracking.log_json({k: v for k, v in summary.items() if k != "table"}, "tune/summary.json")
     tracking.log_text(best_yaml, "best/train.yaml")
 
-    fig = plots.metric_vs_params(rows, list(t.search_space), t.metric,
-                                 {k for k, spec in t.search_space.items() if space.log_scale(spec)})
+    fig = plots.metric_vs_params(
+        rows, list(t.search_space), t.metric, {k for k, spec in t.search_space.items() if space.log_scale(spec)}
+    )
     tracking.log_figure(fig, "plots/metric_vs_params.png")
     plots.close(fig)
-    fig = plots.learning_curves({r["trial"]: r["curve"] for r in rows}, t.metric,
-                                {r["trial"] for r in rows if r["status"] == "early_stopped"}, best["trial"])
+    fig = plots.learning_curves(
+        {r["trial"]: r["curve"] for r in rows},
+        t.metric,
+        {r["trial"] for r in rows if r["status"] == "early_stopped"},
+        best["trial"],
+    )
     tracking.log_figure(fig, "plots/learning_curves.png")
     plots.close(fig)
 
     # Child runs: record each trial's fate. A trial stopped by ASHA was interrupted
     # mid-run: its run is left RUNNING (actor killed) or FAILED (the stop surfaced as an
     # exception inside the run's context), depending on timing; either way it is KILLED.
-    children = {run.data.tags.get(TRIAL_TAG): run for run in
-                _child_runs(client, sweep.cfg.tracking.experiment, parent_run_id)}
+    children = {
+        run.data.tags.get(TRIAL_TAG): run for run in _child_runs(client, sweep.cfg.tracking.experiment, parent_run_id)
+    }
     for r in rows:
         child = children.get(r["trial"])
         if child is None:
@@ -656,8 +715,13 @@ def _log_sweep(sweep: Sweep, rows, table: str, best, best_yaml: str, summary, pa
         if child.info.status != fate:
             client.set_terminated(run_id, status=fate)
     best_child = children.get(best["trial"])
-    mlflow.set_tags({"sentiray.tune.best_trial": best["trial"], "sentiray.tune.best_config": summary["best_config"],
-                     **({"sentiray.tune.best_run_id": best_child.info.run_id} if best_child is not None else {})})
+    mlflow.set_tags(
+        {
+            "sentiray.tune.best_trial": best["trial"],
+            "sentiray.tune.best_config": summary["best_config"],
+            **({"sentiray.tune.best_run_id": best_child.info.run_id} if best_child is not None else {}),
+        }
+    )
     if best_child is not None:
         client.set_tag(best_child.info.run_id, "sentiray.tune.best", "true")
         client.log_text(best_child.info.run_id, best_yaml, "best/train.yaml")
@@ -670,6 +734,15 @@ def _csv(rows: list[dict[str, Any]], params: list[str]) -> str:
     writer = csv.writer(buf)
     writer.writerow(["trial", "status", "epochs", "best", "best_epoch", "final", *params])
     for r in rows:
-        writer.writerow([r["trial"], r["status"], r["epochs"], r["best"], r["best_epoch"], r["final"],
-                         *[r["hp"][p] for p in params]])
+        writer.writerow(
+            [
+                r["trial"],
+                r["status"],
+                r["epochs"],
+                r["best"],
+                r["best_epoch"],
+                r["final"],
+                *[r["hp"][p] for p in params],
+            ]
+        )
     return buf.getvalue()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from sentiray.evaluate import plots
 
@@ -36,8 +37,11 @@ def metric_vs_params(rows: Sequence[dict[str, Any]], params: Sequence[str], metr
             position = {label: i for i, label in enumerate(labels)}
             ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
         for status, style in _STYLE.items():
-            pts = [(position[v if numeric else str(v)], row["best"]) for v, row in zip(values, rows)
-                   if row["status"] == status and row["best"] is not None]
+            pts = [
+                (position[v if numeric else str(v)], row["best"])
+                for v, row in zip(values, rows)
+                if row["status"] == status and row["best"] is not None
+            ]
             if pts:
                 xs, ys = zip(*pts)
                 ax.scatter(xs, ys, s=36, label=status.replace("_", " "), **style)
@@ -49,7 +53,7 @@ def metric_vs_params(rows: Sequence[dict[str, Any]], params: Sequence[str], metr
         ax.set_xlabel(name)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(params):]:
+    for ax in list(axes.flat)[len(params) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
     fig.suptitle(f"best {metric} of each trial against each hyperparameter")
@@ -66,8 +70,14 @@ def learning_curves(histories: dict[str, list[tuple[int, float]]], metric: str, 
             continue
         epochs, values = zip(*sorted(points))
         label = trial + (" (stopped)" if trial in stopped else "") + (" best" if trial == best else "")
-        ax.plot(epochs, values, marker=".", linestyle="--" if trial in stopped else "-",
-                linewidth=3 if trial == best else 1.2, label=label)
+        ax.plot(
+            epochs,
+            values,
+            marker=".",
+            linestyle="--" if trial in stopped else "-",
+            linewidth=3 if trial == best else 1.2,
+            label=label,
+        )
     ax.set_xlabel("epoch")
     ax.xaxis.get_major_locator().set_params(integer=True)
     if histories:

@@ -25,8 +25,11 @@ def _best_epoch_metrics(row: dict[str, Any]) -> dict[str, float] | None:
         return None
     for record in storage.read_json(uri):
         if record.get("epoch") == row["best_epoch"]:
-            return {k: float(v) for k, v in record.items()
-                    if k.startswith("dev_") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+            return {
+                k: float(v)
+                for k, v in record.items()
+                if k.startswith("dev_") and isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
     return None
 
 
@@ -41,8 +44,10 @@ def aggregate(rows: list[dict[str, Any]], key: str = SEED_KEY) -> list[dict[str,
         if metrics is None:
             continue
         others = {k: v for k, v in sorted(row["hp"].items()) if k != key}
-        group = groups.setdefault(json.dumps(others, sort_keys=True, default=str),
-                                  {"values": others, "seeds": [], "trials": [], "per_trial": []})
+        group = groups.setdefault(
+            json.dumps(others, sort_keys=True, default=str),
+            {"values": others, "seeds": [], "trials": [], "per_trial": []},
+        )
         group["seeds"].append(row["hp"][key])
         group["trials"].append(row["trial"])
         group["per_trial"].append(metrics)

@@ -28,7 +28,6 @@ from typing import Any
 
 from sentiray import config as config_mod
 from sentiray.config import ConfigError
-
 from sentiray.config.tune import FINITE, FLOATS, INTS, KINDS, check_searcher, check_shape  # noqa: F401 (part of this module's API)
 
 # Fields the sweep sets itself, or that are not training hyperparameters.
@@ -42,7 +41,7 @@ _RESERVED = {
 def probe_values(spec: dict[str, Any]) -> list[Any]:
     """The values that stand for the whole distribution in validation: every value of a
     choice/grid, both ends of a range (pydantic bounds are monotonic)."""
-    (kind, args), = spec.items()
+    ((kind, args),) = spec.items()
     if kind in INTS:
         return [int(args[0]), int(args[1])]
     return list(args)
@@ -58,8 +57,10 @@ def check_fields(space: dict[str, Any], base_raw: dict[str, Any], source: str = 
         if key in _RESERVED:
             raise ConfigError(f"invalid config {source}: {key!r} cannot be tuned: {_RESERVED[key]}")
         if key.startswith(_RESERVED_PREFIXES) or key in ("stage", "name"):
-            raise ConfigError(f"invalid config {source}: {key!r} is not a training hyperparameter; "
-                              "tune fields of data, model, train, distill or the family's section (mulcot, ...)")
+            raise ConfigError(
+                f"invalid config {source}: {key!r} is not a training hyperparameter; "
+                "tune fields of data, model, train, distill or the family's section (mulcot, ...)"
+            )
     train_raw = {**base_raw, "stage": "train"}
     train_raw.pop("tune", None)
     for key, spec in space.items():
@@ -84,7 +85,7 @@ def to_tune(space: dict[str, Any], searcher: str) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for key, spec in space.items():
-        (kind, args), = spec.items()
+        ((kind, args),) = spec.items()
         if kind == "grid" or (kind == "choice" and searcher == "grid"):
             out[key] = tune.grid_search(list(args))
         elif kind == "choice":

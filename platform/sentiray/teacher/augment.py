@@ -15,7 +15,7 @@ from typing import Any
 from sentiray import config as config_mod
 from sentiray import tracking
 from sentiray.config import AugmentConfig, JobConfig
-from sentiray.data import schema, storage
+from sentiray.data import schema
 from sentiray.teacher import pipeline
 
 
@@ -33,11 +33,20 @@ def _generation_job(cfg: JobConfig, aug: AugmentConfig, teacher_data: str, outpu
         "tracking": {**cfg.tracking.model_dump(mode="json"), "run_name": "augment-generate"},
         "data": {"format": "canonical", "input": teacher_data, "output": chains_uri(output)},
         "teacher": {
-            "backend": "hf", "name": "assistant", "model": cfg.model.model_dump(mode="json"),
-            "temperature": aug.temperature, "seed": aug.seed, "max_new_tokens": aug.max_new_tokens,
-            "batch_size": aug.batch_size, "concurrency": aug.concurrency, "num_cpus": aug.num_cpus,
-            "num_gpus": aug.num_gpus, "shard_rows": aug.shard_rows,
-            "splits": ["train"], "rationalize_splits": [], "lrsa_rationales": False,
+            "backend": "hf",
+            "name": "assistant",
+            "model": cfg.model.model_dump(mode="json"),
+            "temperature": aug.temperature,
+            "seed": aug.seed,
+            "max_new_tokens": aug.max_new_tokens,
+            "batch_size": aug.batch_size,
+            "concurrency": aug.concurrency,
+            "num_cpus": aug.num_cpus,
+            "num_gpus": aug.num_gpus,
+            "shard_rows": aug.shard_rows,
+            "splits": ["train"],
+            "rationalize_splits": [],
+            "lrsa_rationales": False,
         },
     }
     return config_mod.validate(raw, source="augment (generation)")
@@ -68,7 +77,9 @@ def run(cfg: JobConfig) -> dict[str, Any]:
     with tracking.stage_run(cfg, "augment"):
         generated = pipeline.run(_generation_job(cfg, aug, teacher_data, output))
         assistant_rows = schema.read_rows(generated["output"], "train")
-        splits = {split: schema.read_rows(teacher_data, split) for split in schema.SPLITS if split in manifest["counts"]}
+        splits = {
+            split: schema.read_rows(teacher_data, split) for split in schema.SPLITS if split in manifest["counts"]
+        }
         splits["train"], added = merge(splits.get("train", []), assistant_rows)
         for split in ("dev", "test"):
             if split in splits:
@@ -76,15 +87,29 @@ def run(cfg: JobConfig) -> dict[str, Any]:
         judged = [r for r in assistant_rows if r.get("teacher_correct") is not None]
         accuracy = sum(bool(r["teacher_correct"]) for r in judged) / len(judged) if judged else 0.0
         prepared = schema.PreparedDataset(
-            source=manifest["source"], task=manifest["task"], splits=splits,
-            notes={"stage": "augment", "teacher_data": teacher_data, "assistant_chains": generated["output"],
-                   "assistant_rows_added": added, "assistant_train_accuracy": accuracy,
-                   "temperature": aug.temperature},
+            source=manifest["source"],
+            task=manifest["task"],
+            splits=splits,
+            notes={
+                "stage": "augment",
+                "teacher_data": teacher_data,
+                "assistant_chains": generated["output"],
+                "assistant_rows_added": added,
+                "assistant_train_accuracy": accuracy,
+                "temperature": aug.temperature,
+            },
         )
         written = schema.write_dataset(prepared, output)
-        tracking.log_metrics({"assistant_train_accuracy": accuracy, "assistant_rows_added": added,
-                              "train_rows": written["counts"].get("train", 0)})
+        tracking.log_metrics(
+            {
+                "assistant_train_accuracy": accuracy,
+                "assistant_rows_added": added,
+                "train_rows": written["counts"].get("train", 0),
+            }
+        )
         tracking.log_json(written, "augment/manifest.json")
-    print(f"augment: assistant chains correct on {accuracy:.1%} of train; added {added} rows; wrote {output}: "
-          f"{written['counts']}")
+    print(
+        f"augment: assistant chains correct on {accuracy:.1%} of train; added {added} rows; wrote {output}: "
+        f"{written['counts']}"
+    )
     return {"output": output, "skipped": False, "manifest": written, "added": added, "assistant_accuracy": accuracy}

@@ -96,8 +96,9 @@ class HFBackend:
         from sentiray.models.generation import Generator
         from sentiray.models.loading import load_model
 
-        model, processor = load_model(model_path, kind=kind, dtype=dtype, trust_remote_code=trust_remote_code,
-                                      for_generation=True)
+        model, processor = load_model(
+            model_path, kind=kind, dtype=dtype, trust_remote_code=trust_remote_code, for_generation=True
+        )
         if torch.cuda.is_available():  # an actor given num_gpus sees its GPU(s) here
             model = model.to("cuda")
         self.generator = Generator(model, processor, max_new_tokens=max_new_tokens, temperature=temperature)
@@ -127,8 +128,13 @@ class HFBackend:
 
     def _generate(self, chunk, n_tokens: int) -> list[tuple[int, Answer]]:
         try:
-            gen = self.generator.generate([r.prompt for _, r, _ in chunk], [img for _, _, img in chunk],
-                                          max_new_tokens=n_tokens, temperature=self.temperature, seed=self.seed)
+            gen = self.generator.generate(
+                [r.prompt for _, r, _ in chunk],
+                [img for _, _, img in chunk],
+                max_new_tokens=n_tokens,
+                temperature=self.temperature,
+                seed=self.seed,
+            )
         except Exception as exc:  # noqa: BLE001 - e.g. out of memory on one long batch
             if len(chunk) > 1:  # one at a time, so that one bad prompt does not sink its batch
                 return [pair for item in chunk for pair in self._generate([item], n_tokens)]
@@ -163,12 +169,20 @@ def chat_messages(prompt: str, image: bytes | None) -> list[dict[str, Any]]:
     """OpenAI chat messages for one prompt: the image (a data URL) first, as in MulCoT-RD."""
     if image is None:
         return [{"role": "user", "content": prompt}]
-    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_data_url(image)}},
-                                         {"type": "text", "text": prompt}]}]
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": image_data_url(image)}},
+                {"type": "text", "text": prompt},
+            ],
+        }
+    ]
 
 
-def backoff_delay(attempt: int, base: float, cap: float, retry_after: float | None = None,
-                  rng: random.Random | None = None) -> float:
+def backoff_delay(
+    attempt: int, base: float, cap: float, retry_after: float | None = None, rng: random.Random | None = None
+) -> float:
     """Seconds to wait before retry ``attempt`` (0-based): full jitter, uniform in
     [0, min(cap, base * 2**attempt)], so that many clients do not retry in lockstep; a
     server's Retry-After (capped) is a floor."""
@@ -274,14 +288,22 @@ class OpenAIBackend:
                     # name is the set-up's, so it stays a teacher error and a fixed rerun retries it.
                     overlong = resp.status_code in (400, 413, 422) and _OVERLONG.search(detail)
                     category = OVERLONG_TEXT if overlong else TEACHER_ERROR
-                    return Answer(req.key, error=f"{category}: HTTP {resp.status_code} from {self.url}: {detail}",
-                                  retries=sum(causes.values()), retry_causes=dict(causes))
+                    return Answer(
+                        req.key,
+                        error=f"{category}: HTTP {resp.status_code} from {self.url}: {detail}",
+                        retries=sum(causes.values()),
+                        retry_causes=dict(causes),
+                    )
             if attempt == self.max_retries:
                 break
             causes[cause] += 1
             time.sleep(backoff_delay(attempt, self.backoff_s, self.backoff_max_s, retry_after))
-        return Answer(req.key, error=f"{TEACHER_ERROR}: gave up after {self.max_retries} retries (last: {last})",
-                      retries=sum(causes.values()), retry_causes=dict(causes))
+        return Answer(
+            req.key,
+            error=f"{TEACHER_ERROR}: gave up after {self.max_retries} retries (last: {last})",
+            retries=sum(causes.values()),
+            retry_causes=dict(causes),
+        )
 
     def _parse(self, req: Request, resp, causes: Counter[str]) -> Answer:
         try:
@@ -289,10 +311,16 @@ class OpenAIBackend:
             text = data["choices"][0]["message"]["content"]
             tokens = int((data.get("usage") or {}).get("completion_tokens") or 0)
         except (ValueError, KeyError, IndexError, TypeError) as exc:
-            return Answer(req.key, error=f"{TEACHER_ERROR}: malformed chat-completions answer ({type(exc).__name__}: {exc}): "
-                                         f"{resp.text[:200]}", retries=sum(causes.values()), retry_causes=dict(causes))
-        return Answer(req.key, text=(text or "").strip(), tokens=tokens, retries=sum(causes.values()),
-                      retry_causes=dict(causes))
+            return Answer(
+                req.key,
+                error=f"{TEACHER_ERROR}: malformed chat-completions answer ({type(exc).__name__}: {exc}): "
+                f"{resp.text[:200]}",
+                retries=sum(causes.values()),
+                retry_causes=dict(causes),
+            )
+        return Answer(
+            req.key, text=(text or "").strip(), tokens=tokens, retries=sum(causes.values()), retry_causes=dict(causes)
+        )
 
 
 # ----------------------------------------------------------------------------- vllm
@@ -315,17 +343,29 @@ class VLLMBackend:
     """vLLM's offline engine in this process (the actor's GPUs): continuous batching over
     each call's prompts, images as data URLs in the chat messages."""
 
-    def __init__(self, model_path: str, dtype: str = "auto", trust_remote_code: bool = False,
-                 max_new_tokens: int = 512, temperature: float = 0.0, seed: int | None = 0,
-                 engine_kwargs: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        model_path: str,
+        dtype: str = "auto",
+        trust_remote_code: bool = False,
+        max_new_tokens: int = 512,
+        temperature: float = 0.0,
+        seed: int | None = 0,
+        engine_kwargs: dict[str, Any] | None = None,
+    ):
         require_vllm()
         from vllm import LLM
 
         from sentiray.models.loading import resolve_model_path
 
         kwargs = {"limit_mm_per_prompt": {"image": 1}, **(engine_kwargs or {})}
-        self.llm = LLM(model=resolve_model_path(model_path), dtype=dtype, trust_remote_code=trust_remote_code,
-                       seed=seed or 0, **kwargs)
+        self.llm = LLM(
+            model=resolve_model_path(model_path),
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            seed=seed or 0,
+            **kwargs,
+        )
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.seed = seed
@@ -344,8 +384,11 @@ class VLLMBackend:
                 out[i] = Answer(req.key, error=f"{UNREADABLE_IMAGE}: {exc}")
                 continue
             todo.append(i)
-            params.append(SamplingParams(max_tokens=req.max_new_tokens or self.max_new_tokens,
-                                         temperature=self.temperature, seed=self.seed))
+            params.append(
+                SamplingParams(
+                    max_tokens=req.max_new_tokens or self.max_new_tokens, temperature=self.temperature, seed=self.seed
+                )
+            )
         if todo:
             try:
                 results = self.llm.chat(conversations, sampling_params=params, use_tqdm=False)
@@ -375,16 +418,38 @@ def make_backend(cfg: TeacherConfig, model_path: str | None = None):
     """The backend ``cfg`` describes. ``model_path``: the model's resolved location (default
     ``cfg.model.path``). The openai API key is read here, from ``cfg.api_key_env``."""
     if cfg.backend == "hf":
-        return HFBackend(model_path or cfg.model.path, kind=cfg.model.kind, dtype=cfg.model.dtype,
-                         trust_remote_code=cfg.model.trust_remote_code, max_new_tokens=cfg.max_new_tokens,
-                         temperature=cfg.temperature, batch_size=cfg.batch_size, seed=cfg.seed)
+        return HFBackend(
+            model_path or cfg.model.path,
+            kind=cfg.model.kind,
+            dtype=cfg.model.dtype,
+            trust_remote_code=cfg.model.trust_remote_code,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+        )
     if cfg.backend == "openai":
-        return OpenAIBackend(cfg.endpoint, cfg.endpoint_model, api_key=os.environ.get(cfg.api_key_env),
-                             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                             concurrency=cfg.concurrency, timeout_s=cfg.timeout_s, max_retries=cfg.max_retries,
-                             backoff_s=cfg.backoff_s, backoff_max_s=cfg.backoff_max_s, seed=cfg.seed)
+        return OpenAIBackend(
+            cfg.endpoint,
+            cfg.endpoint_model,
+            api_key=os.environ.get(cfg.api_key_env),
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            concurrency=cfg.concurrency,
+            timeout_s=cfg.timeout_s,
+            max_retries=cfg.max_retries,
+            backoff_s=cfg.backoff_s,
+            backoff_max_s=cfg.backoff_max_s,
+            seed=cfg.seed,
+        )
     if cfg.backend == "vllm":
-        return VLLMBackend(model_path or cfg.model.path, dtype=cfg.model.dtype,
-                           trust_remote_code=cfg.model.trust_remote_code, max_new_tokens=cfg.max_new_tokens,
-                           temperature=cfg.temperature, seed=cfg.seed, engine_kwargs=cfg.engine_kwargs)
+        return VLLMBackend(
+            model_path or cfg.model.path,
+            dtype=cfg.model.dtype,
+            trust_remote_code=cfg.model.trust_remote_code,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            seed=cfg.seed,
+            engine_kwargs=cfg.engine_kwargs,
+        )
     raise ConfigError(f"teacher.backend: unknown backend {cfg.backend!r}")

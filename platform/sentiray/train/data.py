@@ -107,8 +107,11 @@ class StreamedRows:
     def epoch(self, epoch: int, start: int) -> Iterator[list[dict[str, Any]]]:
         t = self.train
         batches = self.shard.iter_batches(
-            batch_size=t.batch_size, batch_format="pyarrow", prefetch_batches=t.prefetch_batches,
-            local_shuffle_buffer_size=t.shuffle_buffer or None, local_shuffle_seed=t.seed * 1000 + epoch,
+            batch_size=t.batch_size,
+            batch_format="pyarrow",
+            prefetch_batches=t.prefetch_batches,
+            local_shuffle_buffer_size=t.shuffle_buffer or None,
+            local_shuffle_seed=t.seed * 1000 + epoch,
         )
         for index, batch in enumerate(batches):
             if index < start:  # resume: these were trained before the checkpoint
@@ -161,8 +164,12 @@ def train_dataset(cfg: JobConfig, family):
     fs, _ = storage.pyarrow_filesystem(uris[0])
     paths = [storage.pyarrow_filesystem(u)[1] for u in uris]
     flag = _flag_columns(family.data_uri())
-    ds = ray.data.read_parquet(paths, filesystem=fs, columns=list(family.columns) + flag if family.columns else None,
-                               ray_remote_args={"num_cpus": t.data_cpus})  # reading is light: not a whole CPU each
+    ds = ray.data.read_parquet(
+        paths,
+        filesystem=fs,
+        columns=list(family.columns) + flag if family.columns else None,
+        ray_remote_args={"num_cpus": t.data_cpus},
+    )  # reading is light: not a whole CPU each
     if flag:
         ds = ds.filter(trains)
     # An equal split drops the N % workers last rows, the same ones every epoch (the order is
@@ -171,8 +178,11 @@ def train_dataset(cfg: JobConfig, family):
     if pad:
         ds = ds.union(ds.limit(pad))
     ds = ds.map_batches(
-        TransformRows, fn_constructor_kwargs={"job": cfg.model_dump(mode="json")}, batch_format="pyarrow",
-        batch_size=max(t.batch_size, 16), compute=ray.data.ActorPoolStrategy(size=t.data_workers),
+        TransformRows,
+        fn_constructor_kwargs={"job": cfg.model_dump(mode="json")},
+        batch_format="pyarrow",
+        batch_size=max(t.batch_size, 16),
+        compute=ray.data.ActorPoolStrategy(size=t.data_workers),
         num_cpus=t.data_cpus,
     )
     # Transformed rows are large (pixels, token ids): with Ray Data's default block target

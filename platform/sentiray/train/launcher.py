@@ -15,13 +15,13 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from sentiray import config as config_mod
-from sentiray import runtime, tracking
+from sentiray import families, runtime, tracking
 from sentiray.config import JobConfig
 from sentiray.data import storage
-from sentiray import families
 
 SUCCESS = "_SUCCESS.json"
 RUN_NAME = "ray"
@@ -96,8 +96,13 @@ def run(cfg: JobConfig) -> dict[str, Any]:
     return summary
 
 
-def fit(cfg: JobConfig, family: families.Family, mlflow_info: dict[str, Any] | None = None,
-        callbacks: list[Any] | None = None, train_loop: Callable[[dict[str, Any]], None] | None = None):
+def fit(
+    cfg: JobConfig,
+    family: families.Family,
+    mlflow_info: dict[str, Any] | None = None,
+    callbacks: list[Any] | None = None,
+    train_loop: Callable[[dict[str, Any]], None] | None = None,
+):
     """Train a :func:`prepare`-d config on Ray Train and export the best model to
     ``train.output/model``; returns (summary, Ray Train result).
 
@@ -122,7 +127,10 @@ def fit(cfg: JobConfig, family: families.Family, mlflow_info: dict[str, Any] | N
     if train.stream:
         from sentiray.train import data
 
-        streamed = {"datasets": {data.DATASET: data.train_dataset(cfg, family)}, "dataset_config": data.dataset_config()}
+        streamed = {
+            "datasets": {data.DATASET: data.train_dataset(cfg, family)},
+            "dataset_config": data.dataset_config(),
+        }
     trainer = TorchTrainer(
         train_loop or train_func,
         train_loop_config={"job": cfg.model_dump(mode="json"), "mlflow": mlflow_info},
@@ -178,8 +186,9 @@ def _progress_bar(out: str, name: str):
                     bar = console.progress(p["total"], name, unit="step")
                 bar.n = p["step"]
                 dev = "".join(f", {k} {v:.3f}" for k, v in (p.get("dev") or {}).items())
-                bar.set_postfix_str(f"epoch {p['epoch'] + 1}, loss {p['loss']:.3f}, "
-                                    f"{p['samples_per_s']:.1f} samples/s{dev}")
+                bar.set_postfix_str(
+                    f"epoch {p['epoch'] + 1}, loss {p['loss']:.3f}, {p['samples_per_s']:.1f} samples/s{dev}"
+                )
             if stopping:
                 break
         if bar is not None:
@@ -223,8 +232,10 @@ def _finish(cfg: JobConfig, family: families.Family, result, out: str) -> dict[s
         "best_metrics": best["metrics"],
         "best_step": int(best["step"]),
         "best_epoch": int(best["epoch"]),
-        "stopped_early": bool(final.get("epoch", cfg.train.epochs) < cfg.train.epochs
-                              and final.get("step", 0) < (cfg.train.max_steps or 10**12)),
+        "stopped_early": bool(
+            final.get("epoch", cfg.train.epochs) < cfg.train.epochs
+            and final.get("step", 0) < (cfg.train.max_steps or 10**12)
+        ),
         "final": final,
         "model": model_uri,
         "checkpoint": checkpoint,

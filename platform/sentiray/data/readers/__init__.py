@@ -18,7 +18,8 @@ import io
 import math
 import posixpath
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -82,17 +83,17 @@ class Folder:
         self.fs, self.path, self.remote = fs, path.rstrip("/") or "/", remote
 
     @classmethod
-    def open(cls, uri: str) -> "Folder":
+    def open(cls, uri: str) -> Folder:
         fs, path = storage.filesystem(uri)
         return cls(fs, path, storage.is_remote(uri))
 
     def _path(self, *parts: str) -> str:
         return posixpath.join(self.path, *parts) if parts else self.path
 
-    def child(self, *parts: str) -> "Folder":
+    def child(self, *parts: str) -> Folder:
         return Folder(self.fs, self._path(*parts), self.remote)
 
-    def parent(self) -> "Folder | None":
+    def parent(self) -> Folder | None:
         parent = posixpath.dirname(self.path)
         return Folder(self.fs, parent, self.remote) if parent and parent != self.path else None
 
@@ -163,7 +164,9 @@ def find_image_dir(folder: Folder, preferred: list[str]) -> Folder:
         if len(others) == 1:
             return place.child(others[0])
         if len(others) > 1:
-            raise DataError(f"several image folders in {place.uri()} ({', '.join(others)}); expected one of {preferred}")
+            raise DataError(
+                f"several image folders in {place.uri()} ({', '.join(others)}); expected one of {preferred}"
+            )
     raise DataError(f"no image folder found for {folder.uri()}; looked for {', '.join(looked)} and *_images")
 
 

@@ -35,14 +35,18 @@ def read_mabsa(cfg: DataConfig) -> PreparedDataset:
             raise DataError(f"{folder.uri(split + '.json')} is not valid JSON: {exc}") from None
         if not isinstance(items, list):
             raise DataError(f"{folder.uri(split + '.json')}: expected a list of sentences, got {type(items).__name__}")
-        images.prefetch([item["image_id"] for item in items if isinstance(item, dict) and isinstance(item.get("image_id"), str)])
+        images.prefetch(
+            [item["image_id"] for item in items if isinstance(item, dict) and isinstance(item.get("image_id"), str)]
+        )
         rows = []
         for i, item in enumerate(items):
             row_id = f"{cfg.format}-{split}-{i}"
             try:
                 row = _row(item, row_id, cfg.format, images)
             except RowProblem as problem:
-                data.rejects.append(Reject(split, row_id, cfg.format, problem.reason, raw=json.dumps(item, ensure_ascii=False)))
+                data.rejects.append(
+                    Reject(split, row_id, cfg.format, problem.reason, raw=json.dumps(item, ensure_ascii=False))
+                )
                 continue
             n_spans += len(row["spans"])
             rows.append(row)

@@ -66,7 +66,9 @@ def read_meld(cfg: DataConfig) -> PreparedDataset:
                     counts["missing_features"] += found is None
                     row.update(_features(found, nonfinite) if found is not None else {})
             except RowProblem as problem:
-                data.rejects.append(Reject(split, row_id, SOURCE, problem.reason, raw=json.dumps(record, ensure_ascii=False)))
+                data.rejects.append(
+                    Reject(split, row_id, SOURCE, problem.reason, raw=json.dumps(record, ensure_ascii=False))
+                )
                 continue
             seen.add(row_id)
             counts["text_repaired"] += repaired
@@ -88,7 +90,9 @@ def _row_id(record: dict, split: str) -> str:
     try:
         dialogue, utterance = int(record["Dialogue_ID"]), int(record["Utterance_ID"])
     except ValueError:
-        raise RowProblem("bad_id", f"Dialogue_ID {record['Dialogue_ID']!r} / Utterance_ID {record['Utterance_ID']!r}") from None
+        raise RowProblem(
+            "bad_id", f"Dialogue_ID {record['Dialogue_ID']!r} / Utterance_ID {record['Utterance_ID']!r}"
+        ) from None
     return f"{SOURCE}-{split}-dia{dialogue}_utt{utterance}"
 
 
@@ -106,10 +110,17 @@ def _row(record: dict, row_id: str) -> tuple[dict, bool]:
         "utterance_id": int(record["Utterance_ID"]),
         "clip": row_id.split("-", 2)[2] + ".mp4",
     }
-    for column, key in (("Season", "season"), ("Episode", "episode"), ("StartTime", "start_time"), ("EndTime", "end_time")):
+    for column, key in (
+        ("Season", "season"),
+        ("Episode", "episode"),
+        ("StartTime", "start_time"),
+        ("EndTime", "end_time"),
+    ):
         if record.get(column):
             meta[key] = record[column].strip()
-    row = canonical_row(id=row_id, task="erc", text=text, label=emotion, source=SOURCE, meta=json.dumps(meta, ensure_ascii=False))
+    row = canonical_row(
+        id=row_id, task="erc", text=text, label=emotion, source=SOURCE, meta=json.dumps(meta, ensure_ascii=False)
+    )
     return row, text != record["Utterance"].strip()
 
 
@@ -130,7 +141,9 @@ def _load_features(uri: str) -> dict[str, Any]:
         raise DataError(f"{uri}: expected a dict, got {type(blob).__name__}")
     if blob and all(key in FEATURE_SPLITS for key in blob):
         return {
-            f"{SOURCE}-{FEATURE_SPLITS[split]}-{utt}": feats for split, per_split in blob.items() for utt, feats in per_split.items()
+            f"{SOURCE}-{FEATURE_SPLITS[split]}-{utt}": feats
+            for split, per_split in blob.items()
+            for utt, feats in per_split.items()
         }
     return dict(blob)
 

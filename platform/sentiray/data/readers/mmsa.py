@@ -27,7 +27,11 @@ from sentiray.data.schema import DataError, PreparedDataset, Reject, canonical_r
 SPLIT_KEYS = {"train": ("train",), "dev": ("valid", "dev"), "test": ("test",)}
 MODALITIES = ("audio", "vision")
 # SIMS' unimodal labels, kept in meta: pickle key -> meta key
-UNIMODAL = {"regression_labels_T": "score_text", "regression_labels_A": "score_audio", "regression_labels_V": "score_vision"}
+UNIMODAL = {
+    "regression_labels_T": "score_text",
+    "regression_labels_A": "score_audio",
+    "regression_labels_V": "score_vision",
+}
 # The parallel arrays a row is built from: all must hold row i.
 _USED = {"id", "raw_text", "regression_labels", "audio", "vision", "audio_lengths", "vision_lengths", *UNIMODAL}
 

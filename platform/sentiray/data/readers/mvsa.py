@@ -42,7 +42,9 @@ def read_mvsa(cfg: DataConfig) -> PreparedDataset:
 
     def reject(post_id: str | None, problem: RowProblem, raw: str) -> None:
         dropped[problem.code] += 1
-        data.rejects.append(Reject(UNSPLIT, f"{cfg.format}-{post_id}" if post_id else None, cfg.format, problem.reason, raw))
+        data.rejects.append(
+            Reject(UNSPLIT, f"{cfg.format}-{post_id}" if post_id else None, cfg.format, problem.reason, raw)
+        )
 
     # 1. labels: one post per line, cleaned to a single label
     label_text, _ = decode_text(folder.read_bytes(LABEL_FILE))
@@ -119,7 +121,9 @@ def _clean_labels(pairs: list[str], annotators: int, line_no: int) -> tuple[str,
     for pair in pairs:
         parts = pair.lower().split(",")
         if len(parts) != 2 or any(p not in SENTIMENT_LABELS for p in parts):
-            raise RowProblem("bad_label", f"line {line_no}: {pair!r} is not 'text,image' with labels {SENTIMENT_LABELS}")
+            raise RowProblem(
+                "bad_label", f"line {line_no}: {pair!r} is not 'text,image' with labels {SENTIMENT_LABELS}"
+            )
         text_votes.append(parts[0])
         image_votes.append(parts[1])
     text_label, image_label = _majority(text_votes, "text", line_no), _majority(image_votes, "image", line_no)
