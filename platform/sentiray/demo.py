@@ -213,8 +213,13 @@ def _stand_ins(name: str, steps, models: str, teacher_steps: int | None) -> tupl
     if name == "mulcot":
         from sentiray.teacher.demo_teacher import describe, fit_demo_teacher
 
+        # the MulCoT chain's teacher writes chains only (the pipeline asks no LRSA rationales of it)
         path = fit_demo_teacher(
-            f"{models}/vlm", _by_name(steps, "data").output, f"{models}/teacher", **(kw or {"steps": 1200})
+            f"{models}/vlm",
+            _by_name(steps, "data").output,
+            f"{models}/teacher",
+            kinds=("chain", "rationalize"),
+            **(kw or {"steps": 1200}),
         )
         what = describe(path)
     elif name == "lrsa":

@@ -39,10 +39,10 @@ pytestmark = pytest.mark.slow
 # The smallest settings that still learn (measured on 2 CPU cores): the backbone fit, the data
 # and the adapter (width 32: a tenth of the tiny backbone's parameters, so sizes can tell
 # them apart; the paper's 256 would be larger than the tiny backbone itself).
-BACKBONE = {"steps": 150, "corpus_size": 1500}
-SIZES = {"msa": 400, "erc": 400}
+BACKBONE = {}
+SIZES = {"msa": 800, "erc": 400}
 ADAPTER = {"width": 32, "audio_hidden": 16, "vision_hidden": 8}
-EPOCHS, BATCH = 3, 16
+EPOCHS, BATCH, LOG_EVERY = 3, 16, 5
 PLAIN_PROMPT = " the film was"  # greedy plain generation of the backbone, without any adapter
 
 
@@ -54,8 +54,16 @@ def sha256(path) -> str:
 def plain_generation(model, tokenizer) -> list[int]:
     ids = torch.tensor([tokenizer(PLAIN_PROMPT, add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
-                             temperature=None, top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=12,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            pad_token_id=tokenizer.pad_token_id,
+        )
     return out[0].tolist()
 
 
@@ -70,25 +78,53 @@ def ws(tmp_path_factory, tiny_models, ray_cluster):
     store = f"sqlite:///{root / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", store)
+        # Ray Train's controller takes a worker's report every health check (2 s by default) and a
+        # worker holds one report at a time: with a report every few fast steps, every report
+        # would wait for the next check. (Propagated to the controller when training starts.)
+        mp.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
         for task, size in SIZES.items():
             schema.write_dataset(synthetic.generate(task, size, seed=0), str(root / "data" / task))
-        backbone = fit_demo_backbone(tiny_models["causal_lm"], str(root / "backbone"), **BACKBONE)
+        backbone = fit_demo_backbone(
+            tiny_models["causal_lm"], os.environ.get("MSE_BB_DIR") or str(root / "backbone"), **BACKBONE
+        )
         weights = os.path.join(backbone, "model.safetensors")
         model, tokenizer = load_model(backbone, kind="causal_lm")
-        yield {"root": root, "store": store, "backbone": backbone, "weights": weights, "sha256": sha256(weights),
-               "tensors": load_file(weights), "plain": plain_generation(model.eval(), tokenizer)}
+        yield {
+            "root": root,
+            "store": store,
+            "backbone": backbone,
+            "weights": weights,
+            "sha256": sha256(weights),
+            "tensors": load_file(weights),
+            "plain": plain_generation(model.eval(), tokenizer),
+        }
 
 
 def job(ws, task="msa", stage="train", **overrides) -> config.JobConfig:
     raw = {
-        "stage": stage, "storage": {"root": str(ws["root"])}, "tracking": {"experiment": "mse-tests"},
+        "stage": stage,
+        "storage": {"root": str(ws["root"])},
+        "tracking": {"experiment": "mse-tests"},
         "data": {"format": "canonical", "input": f"data/{task}"},
         "model": {"path": ws["backbone"], "kind": "causal_lm"},
         "mse_adapter": dict(ADAPTER),
-        "train": {"family": "mse_adapter", "output": f"ckpt/{task}", "epochs": EPOCHS, "lr": 5e-3, "eps": 1e-4,
-                  "batch_size": BATCH, "eval_batch_size": 32, "scheduler": "cosine", "warmup_ratio": 0.1,
-                  "early_stopping_patience": 10, "num_workers": 1, "zero_stage": 2, "log_every": 1,
-                  "keep_checkpoints": 1, "stream": False},
+        "train": {
+            "family": "mse_adapter",
+            "output": f"ckpt/{task}",
+            "epochs": EPOCHS,
+            "lr": 1e-2,
+            "eps": 1e-4,
+            "batch_size": BATCH,
+            "eval_batch_size": 32,
+            "scheduler": "cosine",
+            "warmup_ratio": 0.1,
+            "early_stopping_patience": 10,
+            "num_workers": 1,
+            "zero_stage": 2,
+            "log_every": LOG_EVERY,
+            "keep_checkpoints": 1,
+            "stream": False,
+        },
     }
     if stage == "evaluate":
         raw.pop("train")
@@ -115,8 +151,9 @@ def steps_per_epoch(ws, task) -> int:
 @pytest.fixture(scope="module")
 def msa(ws):
     summary = stages.run_stage(job(ws, "msa", **{"tracking.run_name": "train-msa"}))
-    report = stages.run_stage(job(ws, "msa", stage="evaluate", **{"model.path": summary["model"],
-                                                                   "tracking.run_name": "evaluate-msa"}))
+    report = stages.run_stage(
+        job(ws, "msa", stage="evaluate", **{"model.path": summary["model"], "tracking.run_name": "evaluate-msa"})
+    )
     return summary, report
 
 
@@ -124,10 +161,16 @@ def msa(ws):
 def erc(ws):
     # A fault in the first step of epoch 2: the run resumes from epoch 1's checkpoint.
     fault_at = steps_per_epoch(ws, "erc") + 1
-    summary = stages.run_stage(job(ws, "erc", **{"tracking.run_name": "train-erc", "train.max_failures": 1,
-                                                  "train.inject_fault_at_step": fault_at}))
-    report = stages.run_stage(job(ws, "erc", stage="evaluate", **{"model.path": summary["model"],
-                                                                   "tracking.run_name": "evaluate-erc"}))
+    summary = stages.run_stage(
+        job(
+            ws,
+            "erc",
+            **{"tracking.run_name": "train-erc", "train.max_failures": 1, "train.inject_fault_at_step": fault_at},
+        )
+    )
+    report = stages.run_stage(
+        job(ws, "erc", stage="evaluate", **{"model.path": summary["model"], "tracking.run_name": "evaluate-erc"})
+    )
     return summary, report
 
 
@@ -143,14 +186,17 @@ def test_regression_is_well_below_the_mean_predictor(ws, msa):
         golds = np.array([r["score"] for r in schema.read_rows(data, split, ["score"])])
         baselines[split] = float(np.mean(np.abs(golds - mean)))
     dev_mae, test_mae = summary["best_metrics"]["dev_MAE"], report["metrics"]["MAE"]
-    print(f"msa: dev MAE {dev_mae:.3f} (mean predictor {baselines['dev']:.3f}), test MAE {test_mae:.3f} "
-          f"(mean predictor {baselines['test']:.3f}); test {report['metrics']}")
+    print(
+        f"msa: dev MAE {dev_mae:.3f} (mean predictor {baselines['dev']:.3f}), test MAE {test_mae:.3f} "
+        f"(mean predictor {baselines['test']:.3f}); test {report['metrics']}"
+    )
     assert summary["metric"] == "dev_MAE" and summary["best"] == dev_mae
     assert dev_mae < 0.6 * baselines["dev"] and test_mae < 0.6 * baselines["test"], (dev_mae, test_mae, baselines)
     assert report["metrics"]["Has0_acc_2"] > 0.75, report["metrics"]
     run = run_named(ws["store"], "train-msa")
     losses = [v for _, v in history(ws["store"], run.info.run_id, "loss")]
-    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:3]), losses
+    # (a loss floor of ~0.46: the answer's last digit is noise, ln 10 over its five tokens)
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:3]), losses
 
 
 def test_erc_weighted_f1_is_well_above_the_majority_class(ws, erc):
@@ -158,8 +204,9 @@ def test_erc_weighted_f1_is_well_above_the_majority_class(ws, erc):
     data = str(ws["root"] / "data" / "erc")
     majority = Counter(r["label"] for r in schema.read_rows(data, "train", ["label"])).most_common(1)[0][0]
     test_labels = [r["label"] for r in schema.read_rows(data, "test", ["label"])]
-    baseline = cls_metrics.classification(test_labels, [majority] * len(test_labels),
-                                          schema.labels_for("erc"))["weighted_f1"]
+    baseline = cls_metrics.classification(test_labels, [majority] * len(test_labels), schema.labels_for("erc"))[
+        "weighted_f1"
+    ]
     m = report["metrics"]
     print(f"erc: test {m}, majority ({majority}) weighted-F1 {baseline:.3f}; dev {summary['best_metrics']}")
     assert summary["metric"] == "dev_weight_F1"
@@ -227,7 +274,9 @@ def test_checkpoint_and_export_hold_the_adapter_alone(ws, msa):
     assert frozen == backbone_numel and 0 < trainable < frozen / 10, (trainable, frozen)
     # the export: the adapter's float32 weights and its shape, no backbone
     files = sorted(os.listdir(summary["model"]))
-    assert "adapter.safetensors" in files and not any(f.startswith("model") and f.endswith(".safetensors") for f in files)
+    assert "adapter.safetensors" in files and not any(
+        f.startswith("model") and f.endswith(".safetensors") for f in files
+    )
     export = os.path.getsize(os.path.join(summary["model"], "adapter.safetensors"))
     assert trainable * 4 <= export <= trainable * 4 + 16_384, (export, trainable)
     assert manifest["backbone"] == ws["backbone"] and manifest["family"] == "mse_adapter"
@@ -243,8 +292,10 @@ def test_checkpoint_and_export_hold_the_adapter_alone(ws, msa):
     size = os.path.getsize(module_states[0])
     total = sum(os.path.getsize(f) for f in glob.glob(os.path.join(ckpt, "**"), recursive=True) if os.path.isfile(f))
     backbone_bytes = os.path.getsize(ws["weights"])
-    print(f"adapter {trainable:,d} parameters, backbone {frozen:,d}; export {export:,d} B, checkpoint module states "
-          f"{size:,d} B, whole checkpoint {total:,d} B, backbone file {backbone_bytes:,d} B")
+    print(
+        f"adapter {trainable:,d} parameters, backbone {frozen:,d}; export {export:,d} B, checkpoint module states "
+        f"{size:,d} B, whole checkpoint {total:,d} B, backbone file {backbone_bytes:,d} B"
+    )
     assert trainable * 4 <= size <= trainable * 4 + 65_536, (size, trainable)
     assert total < backbone_bytes / 2, (total, backbone_bytes)
 
@@ -268,9 +319,10 @@ def test_the_interrupted_run_resumes_at_the_right_step(ws, erc):
     assert os.path.exists(ws["root"] / "ckpt" / "erc" / f"_fault_injected_at_step_{per_epoch + 1}")
     run = run_named(ws["store"], "train-erc")
     steps = [s for s, _ in history(ws["store"], run.info.run_id, "loss")]
-    assert steps == list(range(1, per_epoch * EPOCHS + 1))  # every step logged once, none lost or repeated
+    assert steps == list(range(LOG_EVERY, per_epoch * EPOCHS + 1, LOG_EVERY))  # each log once, none lost or repeated
     assert [s for s, _ in history(ws["store"], run.info.run_id, "dev_weight_F1")] == [
-        per_epoch * e for e in range(1, EPOCHS + 1)]
+        per_epoch * e for e in range(1, EPOCHS + 1)
+    ]
 
 
 # --------------------------------------------------------------------------- reports, unparseable answers, pyfunc
@@ -278,7 +330,9 @@ def test_the_interrupted_run_resumes_at_the_right_step(ws, erc):
 
 def test_unparseable_answers_are_counted_as_zero(ws, msa):
     summary, report = msa
-    lines = [json.loads(x) for x in storage.read_text(str(ws["root"] / "reports" / "msa" / "predictions.jsonl")).splitlines()]
+    lines = [
+        json.loads(x) for x in storage.read_text(str(ws["root"] / "reports" / "msa" / "predictions.jsonl")).splitlines()
+    ]
     assert report["report"]["unparseable"] == sum(x["unparseable"] for x in lines)
     assert "did not parse" in storage.read_text(str(ws["root"] / "reports" / "msa" / "report.md"))
     predictor = families.load_predictor(summary["model"])
@@ -295,7 +349,7 @@ def test_unparseable_answers_are_counted_as_zero(ws, msa):
 
 def test_reports_and_the_registered_pyfunc(ws, msa, erc):
     client = mlflow.MlflowClient(ws["store"])
-    for task, (summary, report) in (("msa", msa), ("erc", erc)):
+    for task, (summary, _report) in (("msa", msa), ("erc", erc)):
         assert summary["registered_model"] == f"models:/sentiray-mse-adapter-{task}/1"
         run = run_named(ws["store"], f"evaluate-{task}")
         plot = "plots/scatter.png" if task == "msa" else "plots/confusion.png"

@@ -48,10 +48,14 @@ SCORERS = {"mosi", "mosei", "sims", "simsv2", "meld", "cherma"}
 DEFAULT_SCORER = {"msa": "mosi", "erc": "meld"}  # synthetic data: the arithmetic of its look-alike
 MAX_NEW_TOKENS = {"msa": 4, "erc": 2}
 # The paper's task prompts (Qwen's configs; SIMS-V2's and CHERMA's are Chinese there).
-REGRESSION_PROMPT = ("Please predict the sentiment intensity of the above multimodal content in the range "
-                     "[{low}, {high}]. Assistant: The sentiment is")
-ERC_PROMPT = ("Please recognize the emotion of the above multimodal content from the target set <{choices}>. "
-              "Assistant: The emotion is")
+REGRESSION_PROMPT = (
+    "Please predict the sentiment intensity of the above multimodal content in the range "
+    "[{low}, {high}]. Assistant: The sentiment is"
+)
+ERC_PROMPT = (
+    "Please recognize the emotion of the above multimodal content from the target set <{choices}>. "
+    "Assistant: The emotion is"
+)
 
 
 # --------------------------------------------------------------------------- what a model reads
@@ -82,7 +86,7 @@ class Spec:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
     @classmethod
-    def from_manifest(cls, manifest: dict[str, Any]) -> "Spec":
+    def from_manifest(cls, manifest: dict[str, Any]) -> Spec:
         return cls(**{k: (tuple(manifest[k]) if k == "labels" else manifest[k]) for k in cls.__dataclass_fields__})
 
 
@@ -97,10 +101,20 @@ def make_spec(settings: Any, task: str, source: str, labels: tuple[str, ...]) ->
     """The :class:`Spec` of a job's ``mse_adapter:`` section for data of ``task`` from ``source``."""
     prompt = settings.prompts.get(source) or settings.prompts.get(task) or default_prompt(task, source, labels)
     scorer = settings.scorer or (source if source in SCORERS else DEFAULT_SCORER[task])
-    return Spec(task=task, labels=tuple(labels), source=source, scorer=scorer, prompt=prompt, prefix=settings.prefix,
-                suffix=settings.suffix, text_length=settings.text_length or TEXT_LENGTH.get(source, 50),
-                pseudo_tokens=settings.pseudo_tokens, max_new_tokens=settings.max_new_tokens or MAX_NEW_TOKENS[task],
-                erc_decode=settings.erc_decode, needs_features=not settings.text_only)
+    return Spec(
+        task=task,
+        labels=tuple(labels),
+        source=source,
+        scorer=scorer,
+        prompt=prompt,
+        prefix=settings.prefix,
+        suffix=settings.suffix,
+        text_length=settings.text_length or TEXT_LENGTH.get(source, 50),
+        pseudo_tokens=settings.pseudo_tokens,
+        max_new_tokens=settings.max_new_tokens or MAX_NEW_TOKENS[task],
+        erc_decode=settings.erc_decode,
+        needs_features=not settings.text_only,
+    )
 
 
 def format_score(score: float) -> str:
@@ -161,8 +175,14 @@ class RowEncoder:
         self.tokenizer, self.spec, self.dims = tokenizer, spec, dims
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         head = ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + self.ids(spec.prefix)
-        self.layout = Layout(tuple(head), spec.pseudo_tokens, spec.text_length,
-                             tuple(self.ids(spec.suffix) + self.ids(" " + spec.prompt.strip())), pad, tokenizer.eos_token_id)
+        self.layout = Layout(
+            tuple(head),
+            spec.pseudo_tokens,
+            spec.text_length,
+            tuple(self.ids(spec.suffix) + self.ids(" " + spec.prompt.strip())),
+            pad,
+            tokenizer.eos_token_id,
+        )
         # Each class's answer tokens, for scoring classes by likelihood.
         self.class_ids = [self.ids(" " + str(i)) for i in range(len(spec.labels))] if not spec.regression else []
 
@@ -205,8 +225,13 @@ class RowEncoder:
                 mask[i, prompt_len : prompt_len + k] = 1
                 labels[i, prompt_len : prompt_len + k] = torch.tensor(e["answer"])
         start = self.layout.text_start
-        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels,
-                 "text_mask": mask[:, start : start + self.layout.text_length], "answer_length": longest}
+        batch = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "labels": labels,
+            "text_mask": mask[:, start : start + self.layout.text_length],
+            "answer_length": longest,
+        }
         if self.spec.needs_features:
             for name in MODALITIES:
                 frames = [torch.from_numpy(np.array(e[name], dtype=np.float32)) for e in examples]
@@ -287,8 +312,10 @@ class MseAdapterFamily(Family):
 
         super().check()
         if self.job.model.kind != "causal_lm":
-            raise ConfigError(f"model.kind: mse_adapter puts its adapter in front of a causal LM; set model.kind: "
-                              f"causal_lm (got {self.job.model.kind!r})")
+            raise ConfigError(
+                f"model.kind: mse_adapter puts its adapter in front of a causal LM; set model.kind: "
+                f"causal_lm (got {self.job.model.kind!r})"
+            )
         spec = self.spec()
         if spec.regression is False and not self.labels:
             raise ConfigError(f"{self.data_uri()}: task {self.task!r} has no labels to predict")
@@ -296,10 +323,11 @@ class MseAdapterFamily(Family):
             self.feature_dims()  # raises naming the data when a split has no features
         from sentiray.models.loading import resolve_model_path
 
-        config = AutoConfig.from_pretrained(resolve_model_path(self.job.model.path),
-                                            trust_remote_code=self.job.model.trust_remote_code)
+        config = AutoConfig.from_pretrained(
+            resolve_model_path(self.job.model.path), trust_remote_code=self.job.model.trust_remote_code
+        )
         try:
-            self.shape(int(getattr(config, "hidden_size")))
+            self.shape(int(config.hidden_size))
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
 
@@ -312,8 +340,10 @@ class MseAdapterFamily(Family):
             dims = {m: given[m] or found.get(m) for m in MODALITIES}
             missing = [m for m, d in dims.items() if not d]
             if missing:
-                raise ConfigError(f"{self.data_uri()}: the train split has no {' or '.join(missing)} features, which "
-                                  "the adapter reads (mse_adapter.text_only: true trains without them)")
+                raise ConfigError(
+                    f"{self.data_uri()}: the train split has no {' or '.join(missing)} features, which "
+                    "the adapter reads (mse_adapter.text_only: true trains without them)"
+                )
             self._dims = {m: int(d) for m, d in dims.items()}
         return self._dims
 
@@ -322,10 +352,21 @@ class MseAdapterFamily(Family):
 
         s = self.settings
         dims = self.feature_dims() if not s.text_only else {"audio": 0, "vision": 0}
-        return AdapterShape(hidden_size=hidden_size, audio_dim=dims["audio"], vision_dim=dims["vision"], width=s.width,
-                            audio_hidden=s.audio_hidden, vision_hidden=s.vision_hidden, pseudo_tokens=s.pseudo_tokens,
-                            scales=tuple(s.scales), layer_norm=s.layer_norm, dropout=s.dropout, text_guide=s.text_guide,
-                            multi_scale=s.multi_scale, text_only=s.text_only)
+        return AdapterShape(
+            hidden_size=hidden_size,
+            audio_dim=dims["audio"],
+            vision_dim=dims["vision"],
+            width=s.width,
+            audio_hidden=s.audio_hidden,
+            vision_hidden=s.vision_hidden,
+            pseudo_tokens=s.pseudo_tokens,
+            scales=tuple(s.scales),
+            layer_norm=s.layer_norm,
+            dropout=s.dropout,
+            text_guide=s.text_guide,
+            multi_scale=s.multi_scale,
+            text_only=s.text_only,
+        )
 
     # ------------------------------------------------------------------ model
 
@@ -333,8 +374,9 @@ class MseAdapterFamily(Family):
         if self._encoder is None:
             from sentiray.models.loading import load_processor
 
-            self.tokenizer = load_processor(self.job.model.path, kind="causal_lm",
-                                            trust_remote_code=self.job.model.trust_remote_code)
+            self.tokenizer = load_processor(
+                self.job.model.path, kind="causal_lm", trust_remote_code=self.job.model.trust_remote_code
+            )
             dims = self.feature_dims() if not self.settings.text_only else None
             self._encoder = RowEncoder(self.tokenizer, self.spec(), dims)
         return self._encoder
@@ -383,7 +425,7 @@ class MseAdapterFamily(Family):
         tie = "dev_Mult_acc_2" if self.spec().scorer in ("sims", "simsv2") else "dev_Has0_acc_2"
         return Selection((("dev_MAE", "min"), (tie, "max")))
 
-    def predictor(self, model: torch.nn.Module) -> "MseAdapterPredictor":
+    def predictor(self, model: torch.nn.Module) -> MseAdapterPredictor:
         return MseAdapterPredictor(self.manifest(), _unwrap(model), self.encoder())
 
     def export_parameters(self, model: torch.nn.Module) -> list[Any]:
@@ -401,8 +443,13 @@ class MseAdapterFamily(Family):
 
     def manifest(self) -> dict[str, Any]:
         m = self.job.model
-        out = {**super().manifest(), **self.spec().to_manifest(), "backbone": m.path, "backbone_dtype": m.dtype,
-               "trust_remote_code": m.trust_remote_code}
+        out = {
+            **super().manifest(),
+            **self.spec().to_manifest(),
+            "backbone": m.path,
+            "backbone_dtype": m.dtype,
+            "trust_remote_code": m.trust_remote_code,
+        }
         if self._counts:
             out.update(trainable_parameters=self._counts[0], frozen_parameters=self._counts[1])
         return out
@@ -455,14 +502,15 @@ class MseAdapterPredictor(Predictor):
         self.batch_size = 32
 
     @classmethod
-    def load(cls, folder: str, manifest: dict[str, Any], device: str | None = None) -> "MseAdapterPredictor":
+    def load(cls, folder: str, manifest: dict[str, Any], device: str | None = None) -> MseAdapterPredictor:
         from safetensors.torch import load_file
 
         from sentiray.models.mse_adapter import AdapterShape, MseAdapter, MseAdapterModel
 
         device = device or "cpu"
-        backbone, tokenizer = shared_backbone(manifest["backbone"], _serving_dtype(device), device,
-                                              manifest.get("trust_remote_code", False))
+        backbone, tokenizer = shared_backbone(
+            manifest["backbone"], _serving_dtype(device), device, manifest.get("trust_remote_code", False)
+        )
         with open(os.path.join(folder, ADAPTER_CONFIG)) as f:
             shape = AdapterShape.from_dict(json.load(f))
         adapter = MseAdapter(shape)
@@ -516,8 +564,14 @@ class MseAdapterPredictor(Predictor):
     def _fallback(self, why: str) -> dict[str, Any]:
         if self.spec.regression:
             return {"score": 0.0, "answer": None, "unparseable": True, "error": why}
-        return {"label": self.labels[0], "index": 0, "answer": None, "unparseable": True, "error": why,
-                "probs": {label: float("nan") for label in self.labels}}
+        return {
+            "label": self.labels[0],
+            "index": 0,
+            "answer": None,
+            "unparseable": True,
+            "error": why,
+            "probs": {label: float("nan") for label in self.labels},
+        }
 
     def _predict_batch(self, batch: dict[str, Any], opts: dict[str, Any]) -> list[dict[str, Any]]:
         embeds = self.model.inputs_embeds(batch)
@@ -532,7 +586,11 @@ class MseAdapterPredictor(Predictor):
         texts = self._generate(embeds, mask, opts["max_new_tokens"]) if opts["decode"] == "generate" else None
         preds = []
         for i, p in enumerate(probs):
-            pred = {"probs": {label: float(v) for label, v in zip(self.labels, p)}, "unparseable": False, "answer": None}
+            pred = {
+                "probs": {label: float(v) for label, v in zip(self.labels, p)},
+                "unparseable": False,
+                "answer": None,
+            }
             index = int(p.argmax())
             if texts is not None:
                 parsed = parse_index(texts[i], len(self.labels))
@@ -553,9 +611,18 @@ class MseAdapterPredictor(Predictor):
         positions = {}
         if "position_ids" in inspect.signature(backbone.forward).parameters:
             positions["position_ids"] = torch.arange(embeds.shape[1], device=embeds.device).expand(embeds.shape[0], -1)
-        out = backbone.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                do_sample=False, temperature=None, top_p=None, top_k=None,
-                                eos_token_id=eos, pad_token_id=self.encoder.layout.pad_id, **positions)
+        out = backbone.generate(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            eos_token_id=eos,
+            pad_token_id=self.encoder.layout.pad_id,
+            **positions,
+        )
         texts = []
         for ids in out.tolist():
             if eos in ids:
@@ -586,10 +653,18 @@ class MseAdapterPredictor(Predictor):
 
     def scored(self, row: dict[str, Any], prediction: dict[str, Any]) -> dict[str, Any]:
         if self.spec.regression:
-            return {"id": row.get("id"), "pred": prediction["score"], "label": row.get("score"),
-                    "unparseable": prediction["unparseable"]}
-        return {"id": row.get("id"), "pred": prediction["label"], "label": row.get("label"),
-                "unparseable": prediction["unparseable"]}
+            return {
+                "id": row.get("id"),
+                "pred": prediction["score"],
+                "label": row.get("score"),
+                "unparseable": prediction["unparseable"],
+            }
+        return {
+            "id": row.get("id"),
+            "pred": prediction["label"],
+            "label": row.get("label"),
+            "unparseable": prediction["unparseable"],
+        }
 
     def metrics(self, rows: list[dict[str, Any]], predictions: list[dict[str, Any]]) -> dict[str, float]:
         from sentiray.evaluate import score
@@ -597,25 +672,43 @@ class MseAdapterPredictor(Predictor):
         return score.score(self.spec.scorer, [self.scored(r, p) for r, p in zip(rows, predictions)], labels=self.labels)
 
     def report(self, rows, predictions, options: dict[str, Any] | None = None) -> dict[str, Any]:
-        report: dict[str, Any] = {"metrics": self.metrics(rows, predictions), "scorer": self.spec.scorer,
-                                  "unparseable": sum(bool(p["unparseable"]) for p in predictions)}
+        report: dict[str, Any] = {
+            "metrics": self.metrics(rows, predictions),
+            "scorer": self.spec.scorer,
+            "unparseable": sum(bool(p["unparseable"]) for p in predictions),
+        }
         if not self.spec.regression:
             from sentiray.evaluate import metrics
 
             golds = [r["label"] for r in rows]
             report["labels"] = list(self.labels)
-            report["confusion"] = metrics.classification(golds, [p["label"] for p in predictions], self.labels)["confusion"]
+            report["confusion"] = metrics.classification(golds, [p["label"] for p in predictions], self.labels)[
+                "confusion"
+            ]
         return report
 
     def report_markdown(self, report: dict[str, Any]) -> str:
-        lines = [f"Metrics: `{report['scorer']}` arithmetic (MMSA / MSE-Adapter); {report['unparseable']} answer(s) "
-                 "did not parse and count as 0.", "", "| metric | value |", "| --- | --- |"]
+        lines = [
+            f"Metrics: `{report['scorer']}` arithmetic (MMSA / MSE-Adapter); {report['unparseable']} answer(s) "
+            "did not parse and count as 0.",
+            "",
+            "| metric | value |",
+            "| --- | --- |",
+        ]
         lines += [f"| {k} | {v:.4f} |" for k, v in report["metrics"].items()]
         if "confusion" in report:
             labels = report["labels"]
-            lines += ["", "Confusion matrix (rows gold, columns predicted):", "",
-                      "| gold \\ predicted | " + " | ".join(labels) + " |", "| --- |" + " --- |" * len(labels)]
-            lines += [f"| {label} | " + " | ".join(str(v) for v in row) + " |" for label, row in zip(labels, report["confusion"])]
+            lines += [
+                "",
+                "Confusion matrix (rows gold, columns predicted):",
+                "",
+                "| gold \\ predicted | " + " | ".join(labels) + " |",
+                "| --- |" + " --- |" * len(labels),
+            ]
+            lines += [
+                f"| {label} | " + " | ".join(str(v) for v in row) + " |"
+                for label, row in zip(labels, report["confusion"])
+            ]
         return "\n".join(lines) + "\n"
 
     def plots(self, rows, predictions, report) -> dict[str, Any]:
@@ -623,14 +716,20 @@ class MseAdapterPredictor(Predictor):
 
         if "confusion" in report:
             return {"confusion.png": plots.confusion(report["confusion"], report["labels"], "MSE-Adapter emotions")}
-        return {"scatter.png": scatter([p["score"] for p in predictions], [r["score"] for r in rows],
-                                       f"MSE-Adapter: predicted vs gold ({report['scorer']} scale)")}
+        return {
+            "scatter.png": scatter(
+                [p["score"] for p in predictions],
+                [r["score"] for r in rows],
+                f"MSE-Adapter: predicted vs gold ({report['scorer']} scale)",
+            )
+        }
 
 
 def scatter(preds: list[float], golds: list[float], title: str):
     """Predicted vs gold scores, with the diagonal."""
-    from sentiray.evaluate import plots  # noqa: F401 (sets the Agg backend)
     import matplotlib.pyplot as plt
+
+    from sentiray.evaluate import plots  # noqa: F401 (sets the Agg backend)
 
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.scatter(golds, preds, s=12, alpha=0.6)

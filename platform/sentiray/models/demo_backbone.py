@@ -34,8 +34,10 @@ import torch
 
 MARKER = ".sentiray-demo-backbone.json"
 RECIPE_VERSION = 1
-DESCRIPTION = ("MSE-Adapter demo backbone: the tiny Qwen2 fitted on text-only sentiment of an independent synthetic "
-               "corpus (a stand-in for a pretrained LLM such as Qwen-1.8B or ChatGLM3-6B)")
+DESCRIPTION = (
+    "MSE-Adapter demo backbone: the tiny Qwen2 fitted on text-only sentiment of an independent synthetic "
+    "corpus (a stand-in for a pretrained LLM such as Qwen-1.8B or ChatGLM3-6B)"
+)
 
 
 def _signature(base: str, **args) -> dict:
@@ -114,14 +116,25 @@ def _embeds(model, batch: dict[str, torch.Tensor], start: int, n: int, noise: fl
     if noise:
         scale = noise * float(model.get_input_embeddings().weight.detach().std())
         blur = torch.randn(emb[:, start : start + n].shape, generator=gen) * scale
-        emb = torch.cat([emb[:, :start], emb[:, start : start + n] + blur * batch["slots"][:, None, None],
-                         emb[:, start + n :]], 1)
+        emb = torch.cat(
+            [emb[:, :start], emb[:, start : start + n] + blur * batch["slots"][:, None, None], emb[:, start + n :]], 1
+        )
     return emb
 
 
-def fit_demo_backbone(base: str, out_dir: str, tasks: tuple[str, ...] = ("msa", "erc"), steps: int = 800,
-                      corpus_size: int = 3000, seed: int = 99, slot_share: float = 0.5, slot_noise: float = 0.5,
-                      batch_size: int = 32, lr: float = 3e-3, log_every: int = 50) -> str:
+def fit_demo_backbone(
+    base: str,
+    out_dir: str,
+    tasks: tuple[str, ...] = ("msa", "erc"),
+    steps: int = 800,
+    corpus_size: int = 3000,
+    seed: int = 99,
+    slot_share: float = 0.5,
+    slot_noise: float = 0.5,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    log_every: int = 50,
+) -> str:
     """Fit (or reuse) the demo backbone from the tiny causal LM at ``base``; returns ``out_dir``."""
     from sentiray.config.mse_adapter import MseAdapterConfig
     from sentiray.data.schema import labels_for
@@ -129,16 +142,31 @@ def fit_demo_backbone(base: str, out_dir: str, tasks: tuple[str, ...] = ("msa", 
     from sentiray.models.loading import load_model
     from sentiray.train.losses import target_ce
 
-    signature = _signature(base, tasks=list(tasks), steps=steps, corpus_size=corpus_size, seed=seed,
-                           slot_share=slot_share, slot_noise=slot_noise, batch_size=batch_size, lr=lr)
+    signature = _signature(
+        base,
+        tasks=list(tasks),
+        steps=steps,
+        corpus_size=corpus_size,
+        seed=seed,
+        slot_share=slot_share,
+        slot_noise=slot_noise,
+        batch_size=batch_size,
+        lr=lr,
+    )
     marker = os.path.join(out_dir, MARKER)
     if os.path.isfile(marker) and json.load(open(marker)) == signature:
         return out_dir
     model, tokenizer = load_model(base, kind="causal_lm")
     rng = np.random.default_rng(seed)
     settings = MseAdapterConfig()
-    encoders = {task: RowEncoder(tokenizer, make_spec(settings.model_copy(update={"text_only": True}), task, "synthetic",
-                                                      labels_for(task)), None) for task in tasks}
+    encoders = {
+        task: RowEncoder(
+            tokenizer,
+            make_spec(settings.model_copy(update={"text_only": True}), task, "synthetic", labels_for(task)),
+            None,
+        )
+        for task in tasks
+    }
     corpus = {task: _examples(task, corpus_size, seed, slot_share, encoders[task], rng) for task in tasks}
     start, n = encoders[tasks[0]].layout.pseudo_start, settings.pseudo_tokens
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -167,8 +195,11 @@ def fit_demo_backbone(base: str, out_dir: str, tasks: tuple[str, ...] = ("msa", 
         if bar is not None:
             bar.update(1)
         if step % log_every == 0 or step == steps:
-            print(f"[demo backbone] step {step}/{steps} {task} loss {loss.item():.3f} "
-                  f"({time.perf_counter() - began:.0f}s)", flush=True)
+            print(
+                f"[demo backbone] step {step}/{steps} {task} loss {loss.item():.3f} "
+                f"({time.perf_counter() - began:.0f}s)",
+                flush=True,
+            )
     if bar is not None:
         bar.close()
     model.eval()

@@ -149,6 +149,11 @@ class MseAdapter(nn.Module):
         )
         # token j = alpha_j * h + beta_j: a Linear(1, n) over each of h's d values, as in the paper.
         self.tokens = nn.Linear(1, s.pseudo_tokens)
+        # beta_j starts at 0. Linear's default (uniform in [-1, 1] for one input) would shift every
+        # one of token j's d values by the same constant, far beyond the scale of word embeddings
+        # (std ~0.1 on the demo backbone, ~0.02 on real LLMs): the frozen LLM would read the pseudo
+        # tokens as noise, and the adapter would spend its first steps, or get stuck, undoing it.
+        nn.init.zeros_(self.tokens.bias)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -236,6 +241,11 @@ class MseAdapterModel(nn.Module):
         self.adapter = adapter
         self.layout = layout
         self._keeps_logits = "logits_to_keep" in inspect.signature(backbone.forward).parameters
+        # The backbone is frozen and named by path in every export, so its tensors stay out of the
+        # state dict and checkpoints hold the adapter alone. (DeepSpeed's exclude_frozen_parameters
+        # goes by named_parameters(), which lists a tied weight once: it would keep lm_head.weight,
+        # a copy of the whole input embedding, in every checkpoint.)
+        self.register_state_dict_post_hook(_without_backbone)
 
     def train(self, mode: bool = True) -> MseAdapterModel:
         # The backbone stays in eval mode (no dropout) however the engine switches modes.
@@ -270,3 +280,8 @@ class MseAdapterModel(nn.Module):
         )
         logits = out.logits
         return logits[:, -logits_to_keep:] if logits_to_keep else logits
+
+
+def _without_backbone(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix + "backbone.")]:
+        del state_dict[key]

@@ -193,11 +193,14 @@ def fit_demo_teacher(
     align_lr: float = 1e-3,
     vision_lr_scale: float = 0.1,
     log_every: int = 50,
+    kinds: tuple[str, ...] | None = None,
 ) -> str:
     """Fit the tiny VLM at ``vlm_path`` on the gold chains of ``data_uri``'s train split.
 
     Writes an HF folder to ``out_dir`` (local) and returns its path; a folder already
-    fitted with the same arguments is returned as is.
+    fitted with the same arguments is returned as is. ``kinds``: the prompt kinds to learn
+    (default all: chain, rationalize, explain_text, describe_image); a MulCoT teacher needs only
+    the first two, and learns them better in the same steps without the others.
     """
     from sentiray.models.inputs import PromptEncoder
     from sentiray.models.loading import load_model, save_model
@@ -214,6 +217,7 @@ def fit_demo_teacher(
         align_lr=align_lr,
         vision_lr_scale=vision_lr_scale,
         max_length=max_length,
+        **({"kinds": list(kinds)} if kinds else {}),  # absent by default: folders fitted before stay valid
     )
     if is_fitted(out_dir, signature):
         print(f"demo teacher: reusing {out_dir}")
@@ -231,6 +235,8 @@ def fit_demo_teacher(
         for row in rows:
             image = images.load(row)
             for kind, prompt, target in training_examples(row):
+                if kinds and kind != "look" and kind not in kinds:
+                    continue
                 # as the pipeline asks: the text explanation without the image, all else with it
                 item = encoder.encode(prompt, None if kind == "explain_text" else image, target, max_length=max_length)
                 (look_items if kind == "look" else items).append(item)

@@ -136,17 +136,23 @@ def optimizer_groups(family: Family, model: torch.nn.Module, train: TrainConfig)
     named = family.param_groups(model)
     unknown = set(train.param_groups) - set(named)
     if unknown:
-        raise ConfigError(f"train.param_groups: no group {sorted(unknown)} in family {family.name!r}; "
-                          f"its groups: {sorted(named)}")
+        raise ConfigError(
+            f"train.param_groups: no group {sorted(unknown)} in family {family.name!r}; its groups: {sorted(named)}"
+        )
     groups = []
     for name, params in named.items():
         if not params:
             continue
         g = train.param_groups.get(name)
-        groups.append({"params": params, "name": name,
-                       "lr": g.lr if g and g.lr is not None else train.lr,
-                       "weight_decay": g.weight_decay if g and g.weight_decay is not None else train.weight_decay,
-                       "eps": g.eps if g and g.eps is not None else train.eps})
+        groups.append(
+            {
+                "params": params,
+                "name": name,
+                "lr": g.lr if g and g.lr is not None else train.lr,
+                "weight_decay": g.weight_decay if g and g.weight_decay is not None else train.weight_decay,
+                "eps": g.eps if g and g.eps is not None else train.eps,
+            }
+        )
     return groups
 
 
@@ -171,8 +177,9 @@ def _mean_over_ranks(window: list[dict[str, float]], world: int) -> dict[str, fl
     return {k: sum(v) / len(v) for k, v in sums.items()}
 
 
-def evaluate_dev(family: Family, model: torch.nn.Module, rows: list[dict[str, Any]], rank: int, world: int,
-                 batch_size: int) -> dict[str, float]:
+def evaluate_dev(
+    family: Family, model: torch.nn.Module, rows: list[dict[str, Any]], rank: int, world: int, batch_size: int
+) -> dict[str, float]:
     """Dev metrics over every rank's share of ``rows``.
 
     Each rank predicts rows ``rank::world``, padded with repeats so that all ranks run the
@@ -216,10 +223,21 @@ class _MlflowSink:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        items = [
+            Metric(k, float(v), now, step)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
         if items:
             self.client.log_batch(self.run_id, metrics=items)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Run parameters (a resumed attempt logs the same values again, which MLflow allows)."""
+        if self.client is None:
+            return
+        from mlflow.entities import Param
+
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
 
 
 def _maybe_inject_fault(train: TrainConfig, step: int, rank: int, world: int) -> None:
@@ -257,6 +275,7 @@ class _Run:
     counting_epoch: int = 0  # skipped rows are counted (and reported) in the first epoch this attempt trains
     n_micro: int = 0  # micro-batches per epoch, the same on every rank
     last_dev: dict[str, float] = field(default_factory=dict)  # the last epoch's primary dev metric
+    last_log: tuple[float, int] | None = None  # (time, step) of the last step log
     start_time: float = field(default_factory=time.perf_counter)
 
 
@@ -296,27 +315,50 @@ def _setup(job, family, rank, world, rows, dev_rows, mlflow_info) -> _Run:
     optimizer = torch.optim.AdamW(groups)
     scheduler = make_scheduler(optimizer, train, total_steps)
     engine, optimizer, _, scheduler = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler,
-        config=deepspeed_config.build(train, world), dist_init_required=False,
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=deepspeed_config.build(train, world),
+        dist_init_required=False,
     )
     if rank == 0:
         from sentiray.models.loading import count_parameters
 
         trainable, total = count_parameters(engine.module)
-        print(f"[train] {family.name}: {trainable:,d} trainable / {total - trainable:,d} frozen parameters; "
-              f"{rows.n_rows} train rows ({'streamed' if train.stream else 'in memory'}), "
-              f"{n_micro} micro-batches x {world} worker(s) per epoch, "
-              f"{per_epoch} optimizer steps per epoch, {total_steps} in all", flush=True)
-    return _Run(job, family, engine, optimizer, scheduler, [g["lr"] for g in groups], rank, world,
-                rows, dev_rows, total_steps, _MlflowSink(mlflow_info, rank), n_micro=n_micro)
+        print(
+            f"[train] {family.name}: {trainable:,d} trainable / {total - trainable:,d} frozen parameters; "
+            f"{rows.n_rows} train rows ({'streamed' if train.stream else 'in memory'}), "
+            f"{n_micro} micro-batches x {world} worker(s) per epoch, "
+            f"{per_epoch} optimizer steps per epoch, {total_steps} in all",
+            flush=True,
+        )
+    sink = _MlflowSink(mlflow_info, rank)
+    if rank == 0:
+        sink.log_params({"trainable_parameters": trainable, "frozen_parameters": total - trainable})
+    return _Run(
+        job,
+        family,
+        engine,
+        optimizer,
+        scheduler,
+        [g["lr"] for g in groups],
+        rank,
+        world,
+        rows,
+        dev_rows,
+        total_steps,
+        sink,
+        n_micro=n_micro,
+    )
 
 
 def _resume(run: _Run, checkpoint) -> None:
     if checkpoint is None:
         return
     with checkpoint.as_directory() as d:
-        run.engine.load_checkpoint(os.path.join(d, DS_TAG), tag=DS_TAG,
-                                   load_module_strict=not run.family.frozen_backbone)
+        run.engine.load_checkpoint(
+            os.path.join(d, DS_TAG), tag=DS_TAG, load_module_strict=not run.family.frozen_backbone
+        )
         with open(os.path.join(d, "state.json")) as f:
             run.state = LoopState(**json.load(f))
     run.state.resumed_from_step = run.state.step
@@ -406,17 +448,30 @@ def _log_steps(run: _Run, window: list[dict[str, float]]) -> None:
     state, train = run.state, run.job.train
     metrics = _mean_over_ranks(window, run.world)
     metrics.update(lr=run.optimizer.param_groups[0]["lr"], epoch=state.epoch)
-    elapsed = time.perf_counter() - run.start_time
-    done = state.step - (state.resumed_from_step or 0)
-    metrics["samples_per_s"] = done * train.batch_size * train.grad_accum * run.world / elapsed
+    now = time.perf_counter()
+    since, at_step = run.last_log or (run.start_time, state.resumed_from_step or 0)
+    run.last_log = (now, state.step)
+    # the rate since the last log: start-up (first batches, compilation) does not blur it
+    metrics["samples_per_s"] = (state.step - at_step) * train.batch_size * train.grad_accum * run.world / (now - since)
     run.sink.log(metrics, state.step)
     if run.rank == 0:
-        eta = (run.total_steps - state.step) * elapsed / max(1, done)
-        print(f"[train] step {state.step}/{run.total_steps} loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
-              f"{metrics['samples_per_s']:.1f} samples/s ETA {eta:.0f}s", flush=True)
-        storage.write_json(storage.join(train.output, PROGRESS), {
-            "step": state.step, "total": run.total_steps, "epoch": state.epoch, "loss": metrics["loss"],
-            "samples_per_s": metrics["samples_per_s"], "dev": run.last_dev})
+        eta = (run.total_steps - state.step) * (now - since) / max(1, state.step - at_step)
+        print(
+            f"[train] step {state.step}/{run.total_steps} loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
+            f"{metrics['samples_per_s']:.1f} samples/s ETA {eta:.0f}s",
+            flush=True,
+        )
+        storage.write_json(
+            storage.join(train.output, PROGRESS),
+            {
+                "step": state.step,
+                "total": run.total_steps,
+                "epoch": state.epoch,
+                "loss": metrics["loss"],
+                "samples_per_s": metrics["samples_per_s"],
+                "dev": run.last_dev,
+            },
+        )
     ray.train.report({"step": state.step, "epoch": state.epoch, **metrics})
 
 
@@ -448,13 +503,19 @@ def _end_epoch(run: _Run) -> None:
         marks += "; stopping early" if state.stopped_early else ""
         print(f"[train] epoch {state.epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in dev.items()) + marks, flush=True)
     trained = (state.step - (state.resumed_from_step or 0)) * train.batch_size * train.grad_accum * run.world
-    _save(run, {
-        "step": state.step, "epoch": state.epoch, **dev, "is_best": is_best,
-        "best_epoch": state.best_epoch,
-        "resumed_from_step": state.resumed_from_step if state.resumed_from_step is not None else -1,
-        "samples_per_s": trained / (time.perf_counter() - run.start_time),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    })
+    _save(
+        run,
+        {
+            "step": state.step,
+            "epoch": state.epoch,
+            **dev,
+            "is_best": is_best,
+            "best_epoch": state.best_epoch,
+            "resumed_from_step": state.resumed_from_step if state.resumed_from_step is not None else -1,
+            "samples_per_s": trained / (time.perf_counter() - run.start_time),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        },
+    )
 
 
 def _skipped_report(run: _Run) -> dict[str, float]:
@@ -467,7 +528,10 @@ def _skipped_report(run: _Run) -> dict[str, float]:
             examples.setdefault(reason, []).extend(part["examples"].get(reason, []))
     if counts and run.rank == 0:
         for reason, n in counts.items():
-            print(f"[train] warning: {n} train row(s) skipped: {reason} (e.g. {', '.join(examples[reason][:3])})", flush=True)
+            print(
+                f"[train] warning: {n} train row(s) skipped: {reason} (e.g. {', '.join(examples[reason][:3])})",
+                flush=True,
+            )
     run.skipped = Skipped()
     return {"rows_skipped": float(sum(counts.values()))}
 
@@ -481,8 +545,9 @@ def _save(run: _Run, metrics: dict[str, Any]) -> None:
     from ray.train import Checkpoint
 
     with tempfile.TemporaryDirectory(prefix="sentiray-ckpt-") as tmp:
-        run.engine.save_checkpoint(os.path.join(tmp, DS_TAG), tag=DS_TAG,
-                                   exclude_frozen_parameters=run.family.frozen_backbone)
+        run.engine.save_checkpoint(
+            os.path.join(tmp, DS_TAG), tag=DS_TAG, exclude_frozen_parameters=run.family.frozen_backbone
+        )
         if run.rank == 0:
             with open(os.path.join(tmp, "state.json"), "w") as f:
                 json.dump(asdict(run.state), f)
@@ -514,15 +579,25 @@ def _write_export(run: _Run, dev: dict[str, float]) -> None:
     tmp = tempfile.mkdtemp(prefix="sentiray-export-")
     try:
         run.family.export(run.engine.module, tmp)
-        families.write_manifest(tmp, {**run.family.manifest(), "epoch": state.epoch, "step": state.step,
-                                      "dev": dev}, type(run.family))
+        families.write_manifest(
+            tmp, {**run.family.manifest(), "epoch": state.epoch, "step": state.step, "dev": dev}, type(run.family)
+        )
         storage.remove(uri, recursive=True)
         storage.upload_dir(tmp, uri)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     best_uri = storage.join(out, BEST)
     previous = storage.read_json(best_uri).get("export") if storage.exists(best_uri) else None
-    storage.write_json(best_uri, {"export": uri, "epoch": state.epoch, "step": state.step, "metrics": dev,
-                                  "key": state.best_key, "selection": [list(k) for k in run.family.selection().keys]})
+    storage.write_json(
+        best_uri,
+        {
+            "export": uri,
+            "epoch": state.epoch,
+            "step": state.step,
+            "metrics": dev,
+            "key": state.best_key,
+            "selection": [list(k) for k in run.family.selection().keys],
+        },
+    )
     if previous and previous != uri:
         storage.remove(previous, recursive=True)
