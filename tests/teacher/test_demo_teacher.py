@@ -50,8 +50,7 @@ def test_fitted_demo_teacher_writes_meaningful_chains(ray_cluster, tiny_models, 
                 "batch_size": 12,
                 "shard_rows": 48,
                 "splits": ["train", "dev"],
-                "lrsa_rationales": True,
-                "lrsa_max_new_tokens": 72,
+                "lrsa_rationales": False,  # as jobs/pipeline.yaml: LRSA's teacher is fitted and tested apart
             },
         }
     )
@@ -74,6 +73,5 @@ def test_fitted_demo_teacher_writes_meaningful_chains(ray_cluster, tiny_models, 
     }
     assert m["rationale_label_agreement_train"] >= m["pass1_accuracy_train"]
     assert m["rationale_label_agreement_dev"] == m["pass1_accuracy_dev"]  # dev: pass 1 only
-    # LRSA rationales: the text explanation talks about the text, the description about the image
-    assert sum(r["text_explanation"].startswith("The text") for r in rows) >= 0.8 * len(rows)
-    assert sum(r["image_description"].startswith("The image shows") for r in rows) >= 0.8 * len(rows)
+    # no LRSA rationales asked: the columns are there, empty (tests/teacher/test_demo_teacher_lrsa.py has them)
+    assert all(r["text_explanation"] is None and r["image_description"] is None for r in rows)
