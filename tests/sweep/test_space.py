@@ -157,25 +157,26 @@ def test_domains_and_overrides():
 
 def test_concurrency_follows_cluster_and_trial_needs():
     cfg = config.validate(sweep_raw())
-    # the trial's driver (0.5) + 1 Train worker + the streamed input: a 0.25-CPU transform actor and a read task
-    assert driver.trial_resources(cfg) == {"CPU": 2.0}
-    assert driver.max_concurrent(cfg, {"CPU": 4.0}) == 2
-    assert driver.max_concurrent(cfg, {"CPU": 5.0}) == 2
+    # the trial's driver (0.5) + Train's trainer bundle (1) + 1 Train worker + the streamed input:
+    # a 0.25-CPU transform actor and a read task
+    assert driver.trial_resources(cfg) == {"CPU": 3.0}
+    assert driver.max_concurrent(cfg, {"CPU": 4.0}) == 1
+    assert driver.max_concurrent(cfg, {"CPU": 6.0}) == 2
     in_memory = config.validate(config.apply_overrides(sweep_raw(), ["train.stream=false"]))
-    assert driver.trial_resources(in_memory) == {"CPU": 1.5}
+    assert driver.trial_resources(in_memory) == {"CPU": 2.5}
     wide = config.validate(
         config.apply_overrides(
             sweep_raw(),
             ["train.num_workers=2", "train.cpus_per_worker=1.5", "tune.trial_cpus=1", "train.data_workers=2"],
         )
     )
-    assert driver.trial_resources(wide) == {"CPU": 4.75}
-    assert driver.max_concurrent(wide, {"CPU": 9.5}) == 2
+    assert driver.trial_resources(wide) == {"CPU": 5.75}
+    assert driver.max_concurrent(wide, {"CPU": 11.5}) == 2
     gpu = config.validate(config.apply_overrides(sweep_raw(), ["train.use_gpu=true", "train.num_workers=2"]))
     assert driver.max_concurrent(gpu, {"CPU": 64.0, "GPU": 4.0}) == 2  # GPUs bound it
     explicit = config.validate(sweep_raw(max_concurrent_trials=3))
     assert driver.max_concurrent(explicit, {"CPU": 4.0}) == 3
-    with pytest.raises(ConfigError, match=r"one trial needs \{'CPU': 2.0\} .* the cluster has \{'CPU': 1.0\}"):
+    with pytest.raises(ConfigError, match=r"one trial needs \{'CPU': 3.0\} .* the cluster has \{'CPU': 1.0\}"):
         driver.max_concurrent(cfg, {"CPU": 1.0})
 
 

@@ -108,6 +108,9 @@ def plan(cfg: JobConfig) -> Sweep:
     return Sweep(cfg=cfg, resolved=resolved, output=output, max_t=max_t)
 
 
+TRAINER_CPUS = 1.0
+
+
 def trial_resources(cfg: JobConfig) -> dict[str, float]:
     """What one trial holds: its driver (the Tune trial) plus its Ray Train workers.
 
@@ -116,7 +119,9 @@ def trial_resources(cfg: JobConfig) -> dict[str, float]:
     counted here to decide how many trials fit at once.
     """
     train = cfg.train
-    need = {"CPU": cfg.tune.trial_cpus + train.num_workers * train.cpus_per_worker}
+    # Train's placement group: a bundle for its trainer (1 CPU, seen in `ray list placement-groups`:
+    # bundles [1.0, 1.0] for a one-worker trial) and one per worker.
+    need = {"CPU": cfg.tune.trial_cpus + TRAINER_CPUS + train.num_workers * train.cpus_per_worker}
     if train.stream:
         # the trial's Ray Data pipeline: its transform actors and a read task. Without them in
         # the count, trials that fill the cluster leave Ray Data no CPU and every trial waits
@@ -137,7 +142,8 @@ def max_concurrent(cfg: JobConfig, cluster: dict[str, float]) -> int:
         return cfg.tune.max_concurrent_trials
     if fits < 1:
         raise ConfigError(
-            f"one trial needs {need} (tune.trial_cpus + train.num_workers x train.cpus_per_worker) but the cluster "
+            f"one trial needs {need} (tune.trial_cpus + Train's trainer + train.num_workers x train.cpus_per_worker + its "
+            f"streamed input) but the cluster "
             f"has {dict((k, cluster.get(k, 0.0)) for k in need)}: lower them, or set tune.max_concurrent_trials "
             "on an autoscaling cluster"
         )
