@@ -85,7 +85,14 @@ def ws(tmp_path_factory, tiny_models, ray_cluster):
         mp.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
         for task, size in SIZES.items():
             schema.write_dataset(synthetic.generate(task, size, seed=0), str(root / "data" / task))
-        backbone = fit_demo_backbone(tiny_models["causal_lm"], str(root / "backbone"))
+        # One thread: the tiny model gains little from two, and on a busy machine two threads
+        # spin against each other (measured: 8 CPU minutes instead of about 1).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            backbone = fit_demo_backbone(tiny_models["causal_lm"], str(root / "backbone"))
+        finally:
+            torch.set_num_threads(threads)
         weights = os.path.join(backbone, "model.safetensors")
         model, tokenizer = load_model(backbone, kind="causal_lm")
         yield {
