@@ -230,6 +230,8 @@ def chain(tmp_path: Path, models: dict) -> Path:
                     "teacher.lrsa_rationales=false",
                     # sampled: a random model's greedy answer is often empty (a reject)
                     "teacher.temperature=1.0",
+                    # a random teacher's chains never agree with the gold label: train on them anyway
+                    "teacher.keep_disagreeing_pass2=true",
                     *(f"teacher.{g}" for g in gen),
                     "teacher.shard_rows=16",
                 ],
@@ -266,7 +268,7 @@ def pipeline_process(p: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS")  # its own local Ray, so that killing it kills all of it
     return subprocess.Popen(
-        [sys.executable, "-m", "sentiray.cli", "pipeline", str(p), "ray.num_cpus=2"],
+        [sys.executable, "-m", "sentiray.cli", "pipeline", str(p)],
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         env=env,

@@ -199,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="teacher_steps",
         type=int,
         default=None,
-        help="optimizer steps fitting the demo's stand-in models (teachers, MSE backbone)",
+        help="optimizer steps fitting the demo's stand-in models (teachers, MSE backbone); with it, the "
+        "chains a weaker teacher gets wrong are trained on too (teacher.keep_disagreeing_pass2)",
     )
     p.set_defaults(func=cmd_demo)
 

@@ -262,6 +262,10 @@ def run_demo(
     extra = [f"data:data.size={size}"] if size else []
     if epochs:
         extra += [f"{stage}:train.epochs={epochs}" for stage in ("assistant", "student", "train")]
+    if teacher_steps:
+        # A stand-in teacher fitted for fewer steps gets many labels wrong even when told the gold
+        # one (pass 2); by default those chains stay out of training, which could leave none.
+        extra.append("rationales:teacher.keep_disagreeing_pass2=true")
     results: dict[str, Any] = {"workdir": workdir, "chains": {}}
     steps_table = _Steps()
     log = os.path.join(workdir, "demo.log")

@@ -33,6 +33,40 @@ def in_ray_job() -> bool:
 LOCAL_MIN_CPUS = 4
 
 
+def local_cpus(cfg: RayConfig | None = None) -> int | None:
+    """The CPUs of the local cluster :func:`ensure_ray` would start; None when it joins one
+    (a Ray job, ``ray.address``, ``RAY_ADDRESS``) or Ray is already up."""
+    import ray
+
+    cfg = cfg or RayConfig()
+    if ray.is_initialized() or in_ray_job() or cfg.address or os.environ.get("RAY_ADDRESS"):
+        return None
+    return cfg.num_cpus or max(os.cpu_count() or 1, LOCAL_MIN_CPUS)
+
+
+def check_cpus(need: float, what: str, cfg: RayConfig | None = None) -> None:
+    """Fail before a local cluster starts that could never schedule ``need`` CPUs at once (the
+    run would wait for ever); on a cluster that has fewer now, say that it waits for more nodes."""
+    import ray
+
+    local = local_cpus(cfg)
+    if local is not None:
+        if need > local:
+            raise ConfigError(
+                f"{what} = {need:g} CPUs at once, but the local Ray cluster has {local} "
+                f"(ray.num_cpus): raise ray.num_cpus, or ask for fewer"
+            )
+        return
+    if ray.is_initialized():
+        have = ray.cluster_resources().get("CPU", 0)
+        if need > have:
+            from sentiray import console
+
+            console.warn(
+                f"{what} = {need:g} CPUs at once; the Ray cluster has {have:g} now: it waits until nodes are added"
+            )
+
+
 def ensure_ray(cfg: RayConfig | None = None) -> None:
     """Join the configured cluster (``ray.address`` or ``RAY_ADDRESS``) or start a local one.
 

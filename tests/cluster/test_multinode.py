@@ -226,11 +226,20 @@ def test_rationales_survive_a_worker_node_lost_mid_run(multinode, s3_root, s3_mo
 
         def pool_whole_again():
             [actor] = [a for a in job_actors(multinode, submission_id, "MapWorker") if a["actor_id"] == pool["a"]]
-            return actor if actor["state"] == "ALIVE" and actor["num_restarts"] >= 1 else None
+            # ALIVE once restarted; DEAD again (REF_DELETED) if the job ended between two polls
+            return actor if actor["num_restarts"] >= 1 and actor["state"] in ("ALIVE", "DEAD") else None
 
         # Ray Data reruns the lost actor's tasks on that actor once it has restarted (a new process
         # that loads the model again), wherever a CPU is free.
-        restarted = wait_until(pool_whole_again, 240, "the lost teacher actor restarted", poll=1)
+        try:
+            restarted = wait_until(pool_whole_again, 240, "the lost teacher actor restarted", poll=1)
+        except TimeoutError as exc:
+            actors = [
+                {k: a.get(k) for k in ("actor_id", "state", "num_restarts", "node_id", "death_cause")}
+                for a in job_actors(multinode, submission_id, "MapWorker")
+            ]
+            job = sj.connect(multinode.address).get_job_info(submission_id)
+            raise AssertionError(f"{exc}; actors {actors}; nodes {multinode.alive_nodes()}; job {job.status}") from exc
         recovered = time.monotonic() - killed
         assert multinode.node_name(restarted["node_id"]) in ("b", "c")
         _, stderr = waiting.communicate(timeout=300)

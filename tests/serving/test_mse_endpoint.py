@@ -175,7 +175,9 @@ def test_two_adapters_answer_from_one_replica_and_one_backbone(mse, adapters, lo
 
     assert local["mosei"].model.backbone is local["meld"].model.backbone
     assert local["mosei"].model.adapter is not local["meld"].model.adapter
-    assert [key[0] for key in loaded_backbones()] == [local["meld"].manifest["backbone"]]
+    # (other tests in this process may hold other backbones: count the copies of this one)
+    held = [key[0] for key in loaded_backbones()]
+    assert held.count(local["meld"].manifest["backbone"]) == 1
     r = sentiment(mse, rows["mosei"][0])
     assert r.status_code == 400 and "model: name one of ['meld', 'mosei']" in r.json()["error"]["message"]
 

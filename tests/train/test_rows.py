@@ -75,3 +75,56 @@ def test_flagged_rows_are_left_out_of_the_streamed_split(flagged, ray_cluster):
     ds = train_data.train_dataset(job, family)
     seen = [pickle.loads(row["example"])["id"] for row in ds.iter_rows()]
     assert sorted(seen) == sorted(flagged["kept"])  # each kept row once, no flagged row
+
+
+def test_a_split_whose_every_row_is_flagged_fails_before_ray_starts(flagged, tmp_path):
+    """A weak teacher can flag every chain: training then fails on the driver, naming the cure."""
+    root = tmp_path / "all-flagged"
+    shutil.copytree(flagged["root"], root)
+    for part in (root / "data" / "train").glob("*.parquet"):
+        table = pq.read_table(part)
+        column = table.schema.get_field_index(train_data.TRAINING_FLAG)
+        pq.write_table(table.set_column(column, train_data.TRAINING_FLAG, pa.array([False] * table.num_rows)), part)
+    family, _ = toy_family({"root": root}, stream=True)
+    with pytest.raises(schema.DataError) as err:
+        family.check()
+    message = str(err.value)
+    assert f"none of the {len(flagged['all'])} train rows trains" in message
+    assert "teacher.keep_disagreeing_pass2=true" in message
+    family, _ = toy_family(flagged, stream=True)
+    family.check()  # a split with some rows left trains
+
+
+def test_more_cpus_than_the_local_cluster_has_fails_before_ray_starts(flagged, tmp_path):
+    """2 workers x 1 CPU and the streamed input on a 2-CPU local cluster could never all be
+    scheduled (the workers would wait for their first batch for ever): refused up front."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    job = tmp_path / "train.yaml"
+    job.write_text(
+        yaml.safe_dump(
+            {
+                "stage": "train",
+                "storage": {"root": str(flagged["root"])},
+                "data": {"format": "canonical", "input": "data"},
+                "model": {"path": "unused-by-the-toy"},
+                "train": {"family": TOY, "batch_size": 4, "num_workers": 2},
+                "tracking": {"enabled": False},
+            }
+        )
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "sentiray.cli", "train", str(job), "ray.num_cpus=2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+    )
+    assert run.returncode == 2, run.stderr
+    assert "= 2.5 CPUs at once, but the local Ray cluster has 2 (ray.num_cpus)" in run.stderr
+    assert "train.data_workers x train.data_cpus" in run.stderr
+    assert "Started a local Ray instance" not in run.stderr + run.stdout

@@ -227,6 +227,9 @@ class Family(abc.ABC):
                 f"train.family {self.name!r} trains on {' or '.join(self.tasks)} data; "
                 f"{self.data_uri()} holds {self.task!r}"
             )
+        from sentiray.train.data import check_trainable
+
+        check_trainable(self.data_uri())
 
     def run_name(self) -> str:
         """The MLflow run name of its training stage."""

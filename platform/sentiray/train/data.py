@@ -137,6 +137,30 @@ def split_rows(data_uri: str, split: str = "train") -> int:
     return total
 
 
+def check_trainable(data_uri: str) -> None:
+    """Fail (before Ray starts) when no train row would reach the loop, saying why."""
+    if not schema.split_uris(data_uri, "train"):
+        raise schema.DataError(f"{data_uri} has no train split to train on")
+    if split_rows(data_uri) > 0:
+        return
+    total = sum(_footer_rows(uri) for uri in schema.split_uris(data_uri, "train"))
+    if total == 0:
+        raise schema.DataError(f"{data_uri}: the train split has no rows")
+    raise schema.DataError(
+        f"{data_uri}: none of the {total} train rows trains: the teacher stage flagged every one "
+        f"{TRAINING_FLAG}=false (its pass-2 chain still disagrees with the gold label). Rerun the rationales "
+        "stage with a stronger teacher, or with teacher.keep_disagreeing_pass2=true to train on those chains."
+    )
+
+
+def _footer_rows(uri: str) -> int:
+    import pyarrow.parquet as pq
+
+    fs, path = storage.filesystem(uri)
+    with fs.open(path, "rb") as f:
+        return pq.ParquetFile(f).metadata.num_rows
+
+
 class TransformRows:
     """``map_batches`` callable: the family's per-row transform, the family built once per actor.
 
@@ -168,10 +192,10 @@ def train_dataset(cfg: JobConfig, family):
         paths,
         filesystem=fs,
         columns=list(family.columns) + flag if family.columns else None,
-        ray_remote_args={"num_cpus": t.data_cpus},
+        num_cpus=t.data_cpus,
     )  # reading is light: not a whole CPU each
     if flag:
-        ds = ds.filter(trains)
+        ds = ds.filter(trains, num_cpus=t.data_cpus)  # as light as the read it fuses with
     # An equal split drops the N % workers last rows, the same ones every epoch (the order is
     # fixed): repeat the first few instead, as the in-memory path wraps, so that every row trains.
     pad = -split_rows(family.data_uri()) % t.num_workers

@@ -83,7 +83,10 @@ def run(cfg: JobConfig) -> dict[str, Any]:
     family = families.create(cfg)
     family.check()  # bad data or settings fail here, before Ray starts
 
+    need, what = _cpus(cfg)
+    runtime.check_cpus(need, what, cfg.ray)
     runtime.ensure_ray(cfg.ray)
+    runtime.check_cpus(need, what, cfg.ray)
     with tracking.stage_run(cfg, family.run_name()) as run:
         mlflow_info = None
         if run is not None:
@@ -94,6 +97,19 @@ def run(cfg: JobConfig) -> dict[str, Any]:
         storage.write_json(done_uri, summary)  # written last: the output is complete
     print(f"train: best {summary['metric']}={summary['best']:.4f}; model at {summary['model']}")
     return summary
+
+
+def _cpus(cfg: JobConfig) -> tuple[float, str]:
+    """The CPUs a run holds at once, and how they add up (for :func:`runtime.check_cpus`)."""
+    from sentiray.train import data
+
+    t = cfg.train
+    need = t.num_workers * t.cpus_per_worker
+    what = f"train: {t.num_workers} worker(s) x {t.cpus_per_worker:g} CPU (train.num_workers, train.cpus_per_worker)"
+    if t.stream:
+        need += data.data_cpus(t)
+        what += f" + {data.data_cpus(t):g} for the streamed input (train.data_workers x train.data_cpus + a read)"
+    return need, what
 
 
 def fit(
