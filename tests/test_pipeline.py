@@ -55,6 +55,17 @@ def state(root: Path, name: str = "p") -> dict:
 # --------------------------------------------------------------------------- before anything runs
 
 
+def test_a_shipped_pipeline_loads_from_any_directory(tmp_path, monkeypatch):
+    """jobs/pipeline.yaml names its stages' files from the project root (jobs/data.yaml): found
+    from elsewhere too, beside or above the pipeline file; from the root they stay as written."""
+    monkeypatch.chdir(tmp_path)
+    _, steps = pipeline.load(JOBS / "pipeline.yaml", [f"storage.root={tmp_path}"])
+    assert [s.config_path for s in steps][:2] == [str(JOBS / "data.yaml"), str(JOBS / "rationales.yaml")]
+    monkeypatch.chdir(REPO)
+    _, steps = pipeline.load("jobs/pipeline.yaml", [f"storage.root={tmp_path}"])
+    assert steps[0].config_path == "jobs/data.yaml"
+
+
 def test_a_bad_stage_config_fails_before_the_first_stage_runs(tmp_path, capsys):
     root = tmp_path / "out"
     p = write_pipeline(

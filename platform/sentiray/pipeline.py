@@ -169,6 +169,21 @@ def split_cli_overrides(overrides: list[str], names: list[str]) -> tuple[list[st
     return common, per_stage
 
 
+def stage_config_path(config_path: str, pipeline_file: str | Path) -> str:
+    """A stage's job YAML: as written when it exists from here (the project root, where the
+    shipped files are run from, and what a cluster job's working_dir holds); else beside the
+    pipeline file, or in the project above it (``jobs/pipeline.yaml`` names ``jobs/data.yaml``),
+    so that a pipeline runs from any directory."""
+    written = Path(config_path)
+    if written.is_absolute() or written.exists():
+        return config_path
+    folder = Path(pipeline_file).resolve().parent
+    for base in (folder, folder.parent):
+        if (base / written).is_file():
+            return str(base / written)
+    return config_path  # config.load names it missing
+
+
 def load(path: str | Path, cli_overrides: list[str] | None = None) -> tuple[PipelineConfig, list[Step]]:
     """Read and validate the pipeline and every stage config in it, inputs wired. Nothing runs."""
     from sentiray import stages
@@ -197,13 +212,14 @@ def load(path: str | Path, cli_overrides: list[str] | None = None) -> tuple[Pipe
                 raise ConfigError(f"{path}: stage {step.name!r} input {field} takes {source!r}, which has no output")
             wired.append(f"{field}={outputs[source]}")
         overrides = [*shared, *step.overrides, *wired, *common, *per_stage.get(step.name, [])]
+        config_path = stage_config_path(step.config, path)
         try:
-            cfg = config.load(step.config, overrides)
+            cfg = config.load(config_path, overrides)
         except ConfigError as exc:
             raise ConfigError(f"{path}: stage {step.name!r}: {exc}") from None
         stages.stage_function(cfg.stage)  # a stage this version lacks fails now
         outputs[step.name] = stage_output(cfg)
-        steps.append(Step(step.name, step.config, overrides, cfg, outputs[step.name]))
+        steps.append(Step(step.name, config_path, overrides, cfg, outputs[step.name]))
     return pipe, steps
 
 

@@ -184,7 +184,9 @@ def test_rationales_survive_a_worker_node_lost_mid_run(multinode, s3_root, s3_mo
     committed. Ray Data restarts the lost actor and reruns its tasks; every id ends up in the
     output exactly once, and `sentiray submit --wait` says how many tasks were retried."""
     data_uri, out = f"{s3_root}/rat/in", f"{s3_root}/rat/out"
-    schema.write_dataset(synthetic.generate("msc", 60, seed=5), data_uri)
+    # Enough work (80 train rows, 48-token answers) that both actors are still busy when the node
+    # goes: with less, the run could end before the lost actor was needed again (nothing to retry).
+    schema.write_dataset(synthetic.generate("msc", 100, seed=5), data_uri)
     expected = ids(data_uri, "train")
     args = [
         "submit",
@@ -197,7 +199,7 @@ def test_rationales_survive_a_worker_node_lost_mid_run(multinode, s3_root, s3_mo
         "teacher.num_cpus=1",
         "teacher.batch_size=2",
         "teacher.shard_rows=4",
-        "teacher.max_new_tokens=16",
+        "teacher.max_new_tokens=48",
         "teacher.temperature=1.0",
         "teacher.lrsa_rationales=false",
         f"teacher.splits={SPLITS}",
@@ -246,7 +248,7 @@ def test_rationales_survive_a_worker_node_lost_mid_run(multinode, s3_root, s3_mo
     finally:
         waiting.kill()
     assert waiting.returncode == 0, stderr[-3000:]
-    assert committed < 12, "the node was lost mid-run"
+    assert committed < 20, "the node was lost mid-run"  # of 20 shards of 4 rows
     assert f"{submission_id}: SUCCEEDED" in stderr
     retried = [line for line in stderr.splitlines() if "task(s) retried" in line]
     assert len(retried) == 1, stderr[-2000:]
@@ -256,7 +258,7 @@ def test_rationales_survive_a_worker_node_lost_mid_run(multinode, s3_root, s3_mo
     # Every id exactly once (rows and rejects together), read back from S3.
     rejects = ids(out, "rejects") if parts(out, "rejects") else []
     assert sorted(ids(out, "train") + rejects) == sorted(expected)
-    assert schema.read_manifest(out)["counts"]["train"] + len(rejects) == len(expected) == 48
+    assert schema.read_manifest(out)["counts"]["train"] + len(rejects) == len(expected) == 80
     FAULTS.append(
         (
             "rationales: worker node's raylet killed mid-run (2 hf actors, 1 per node)",

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 MARKER = ".sentiray-demo-backbone.json"
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: the fit computes the answer-position logits only
 DESCRIPTION = (
     "MSE-Adapter demo backbone: the tiny Qwen2 fitted on text-only sentiment of an independent synthetic "
     "corpus (a stand-in for a pretrained LLM such as Qwen-1.8B or ChatGLM3-6B)"
