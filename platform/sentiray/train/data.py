@@ -195,7 +195,11 @@ def train_dataset(cfg: JobConfig, family):
         num_cpus=t.data_cpus,
     )  # reading is light: not a whole CPU each
     if flag:
-        ds = ds.filter(trains, num_cpus=t.data_cpus)  # as light as the read it fuses with
+        from ray.data.expressions import col
+
+        # :func:`trains` as an expression (Arrow-native, no Python per row); as light as the read
+        flagged = col(TRAINING_FLAG)
+        ds = ds.filter(expr=flagged.is_null() | (flagged == True), num_cpus=t.data_cpus)  # noqa: E712
     # An equal split drops the N % workers last rows, the same ones every epoch (the order is
     # fixed): repeat the first few instead, as the in-memory path wraps, so that every row trains.
     pad = -split_rows(family.data_uri()) % t.num_workers
