@@ -375,3 +375,33 @@ def test_reports_and_the_registered_pyfunc(ws, msa, erc):
     generated = predictor.predict(rows, {"decode": "generate"})
     agree = sum(g["label"] == p["label"] for g, p in zip(generated, likely)) / len(rows)
     assert agree > 0.8, agree
+
+
+def test_a_sweep_over_adapter_sizes_has_one_mlflow_child_per_trial(ws):
+    """tune/adapter.yaml's kind of sweep, at test size: a grid over the adapter's width, each trial a
+    real Ray Train run of the family, an MLflow child each, with its width and its own parameter count."""
+    from sentiray.sweep import driver
+
+    raw = job(ws, "msa", **{"train.epochs": 1, "train.output": "ckpt/sweep-best"}).model_dump(mode="json")
+    raw["stage"] = "tune"
+    raw["name"] = "mse-sizes"
+    raw["tune"] = {
+        "metric": "dev_MAE",
+        "mode": "min",
+        "searcher": "grid",
+        "scheduler": "fifo",
+        "output": "tune/mse-sizes",
+        "search_space": {"mse_adapter.width": {"grid": [16, 32]}},
+    }
+    summary = stages.run_stage(config.validate(raw))
+    assert summary["trials"] == 2 and summary["completed"] == 2 and summary["error"] == 0
+    assert summary["metric"] == "dev_MAE" and summary["best"] == min(r["best"] for r in summary["table"])
+    client = mlflow.MlflowClient(ws["store"])
+    exp = client.get_experiment_by_name("mse-tests")
+    kids = client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{summary['mlflow_run_id']}'"
+    )
+    assert len(kids) == 2 and {r.data.tags[driver.TRIAL_TAG] for r in kids} == {r["trial"] for r in summary["table"]}
+    counts = {int(r.data.params["mse_adapter.width"]): int(r.data.params["trainable_parameters"]) for r in kids}
+    assert set(counts) == {16, 32} and counts[16] < counts[32]  # a wider adapter, more parameters
+    assert all(len(history(ws["store"], r.info.run_id, "dev_MAE")) == 1 for r in kids)  # one epoch each
