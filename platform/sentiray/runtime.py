@@ -33,31 +33,22 @@ def in_ray_job() -> bool:
 LOCAL_MIN_CPUS = 4
 
 
-def local_cpus(cfg: RayConfig | None = None) -> int | None:
-    """The CPUs of the local cluster :func:`ensure_ray` would start; None when it joins one
-    (a Ray job, ``ray.address``, ``RAY_ADDRESS``) or Ray is already up."""
+def ensure_ray(cfg: RayConfig | None = None, need_cpus: tuple[float, str] | None = None) -> None:
+    """Join the configured cluster (``ray.address`` or ``RAY_ADDRESS``) or start a local one.
+
+    Inside a Ray job: join the job's own cluster and inherit the job's runtime env. Ray refuses
+    a ray.init runtime env that sets the job's variables again ("Failed to merge the Job's
+    runtime env"), and the driver's AWS_*/MLFLOW_* variables are the job's already.
+
+    ``need_cpus`` (CPUs the caller will hold at once, how they add up): a local cluster that
+    could never schedule them is refused before it starts (the run would wait for ever); a
+    cluster that has fewer now gets one line saying the run waits for nodes (an autoscaler)."""
     import ray
 
-    cfg = cfg or RayConfig()
-    if ray.is_initialized() or in_ray_job() or cfg.address or os.environ.get("RAY_ADDRESS"):
-        return None
-    return cfg.num_cpus or max(os.cpu_count() or 1, LOCAL_MIN_CPUS)
-
-
-def check_cpus(need: float, what: str, cfg: RayConfig | None = None) -> None:
-    """Fail before a local cluster starts that could never schedule ``need`` CPUs at once (the
-    run would wait for ever); on a cluster that has fewer now, say that it waits for more nodes."""
-    import ray
-
-    local = local_cpus(cfg)
-    if local is not None:
-        if need > local:
-            raise ConfigError(
-                f"{what} = {need:g} CPUs at once, but the local Ray cluster has {local} "
-                f"(ray.num_cpus): raise ray.num_cpus, or ask for fewer"
-            )
-        return
-    if ray.is_initialized():
+    if not ray.is_initialized():
+        _start_or_join(cfg or RayConfig(), need_cpus)
+    if need_cpus:
+        need, what = need_cpus
         have = ray.cluster_resources().get("CPU", 0)
         if need > have:
             from sentiray import console
@@ -67,17 +58,9 @@ def check_cpus(need: float, what: str, cfg: RayConfig | None = None) -> None:
             )
 
 
-def ensure_ray(cfg: RayConfig | None = None) -> None:
-    """Join the configured cluster (``ray.address`` or ``RAY_ADDRESS``) or start a local one.
-
-    Inside a Ray job: join the job's own cluster and inherit the job's runtime env. Ray refuses
-    a ray.init runtime env that sets the job's variables again ("Failed to merge the Job's
-    runtime env"), and the driver's AWS_*/MLFLOW_* variables are the job's already."""
+def _start_or_join(cfg: RayConfig, need_cpus: tuple[float, str] | None) -> None:
     import ray
 
-    if ray.is_initialized():
-        return
-    cfg = cfg or RayConfig()
     kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": True}
     runtime_env = dict(cfg.runtime_env)  # the config's own additions (pip, ...): Ray merges them with the job's
     if in_ray_job():
@@ -88,6 +71,11 @@ def ensure_ray(cfg: RayConfig | None = None) -> None:
             kwargs["address"] = address
         else:
             kwargs["num_cpus"] = cfg.num_cpus or max(os.cpu_count() or 1, LOCAL_MIN_CPUS)
+            if need_cpus and need_cpus[0] > kwargs["num_cpus"]:
+                raise ConfigError(
+                    f"{need_cpus[1]} = {need_cpus[0]:g} CPUs at once, but the local Ray cluster has "
+                    f"{kwargs['num_cpus']} (ray.num_cpus): raise ray.num_cpus, or ask for fewer"
+                )
         env = {**passthrough_env(), **runtime_env.get("env_vars", {})}
         if env:
             runtime_env["env_vars"] = env

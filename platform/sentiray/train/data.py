@@ -119,46 +119,45 @@ class StreamedRows:
             yield [pickle.loads(b) for b in batch.column("example").to_pylist()]
 
 
-def split_rows(data_uri: str, split: str = "train") -> int:
-    """Rows of a split that train: from the Parquet footers, or the flag column where there is one."""
+def _row_counts(data_uri: str, split: str) -> tuple[int, int]:
+    """(rows, rows that train) of a split: from the Parquet footers, or the flag column where there is one."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    total = 0
+    rows = trained = 0
     for uri in schema.split_uris(data_uri, split):
         fs, path = storage.filesystem(uri)
         with fs.open(path, "rb") as f:
             parquet = pq.ParquetFile(f)
+            n = parquet.metadata.num_rows
+            rows += n
             if TRAINING_FLAG not in parquet.schema_arrow.names:
-                total += parquet.metadata.num_rows
+                trained += n
                 continue
             flag = parquet.read(columns=[TRAINING_FLAG]).column(0)
-            total += len(flag) - (pc.sum(pc.equal(flag, False)).as_py() or 0)  # nulls train
-    return total
+            trained += n - (pc.sum(pc.equal(flag, False)).as_py() or 0)  # nulls train
+    return rows, trained
+
+
+def split_rows(data_uri: str, split: str = "train") -> int:
+    """Rows of a split that train (all but those the teacher flagged false)."""
+    return _row_counts(data_uri, split)[1]
 
 
 def check_trainable(data_uri: str) -> None:
     """Fail (before Ray starts) when no train row would reach the loop, saying why."""
     if not schema.split_uris(data_uri, "train"):
         raise schema.DataError(f"{data_uri} has no train split to train on")
-    if split_rows(data_uri) > 0:
+    rows, trained = _row_counts(data_uri, "train")
+    if trained > 0:
         return
-    total = sum(_footer_rows(uri) for uri in schema.split_uris(data_uri, "train"))
-    if total == 0:
+    if rows == 0:
         raise schema.DataError(f"{data_uri}: the train split has no rows")
     raise schema.DataError(
-        f"{data_uri}: none of the {total} train rows trains: the teacher stage flagged every one "
+        f"{data_uri}: none of the {rows} train rows trains: the teacher stage flagged every one "
         f"{TRAINING_FLAG}=false (its pass-2 chain still disagrees with the gold label). Rerun the rationales "
         "stage with a stronger teacher, or with teacher.keep_disagreeing_pass2=true to train on those chains."
     )
-
-
-def _footer_rows(uri: str) -> int:
-    import pyarrow.parquet as pq
-
-    fs, path = storage.filesystem(uri)
-    with fs.open(path, "rb") as f:
-        return pq.ParquetFile(f).metadata.num_rows
 
 
 class TransformRows:

@@ -83,10 +83,7 @@ def run(cfg: JobConfig) -> dict[str, Any]:
     family = families.create(cfg)
     family.check()  # bad data or settings fail here, before Ray starts
 
-    need, what = _cpus(cfg)
-    runtime.check_cpus(need, what, cfg.ray)
-    runtime.ensure_ray(cfg.ray)
-    runtime.check_cpus(need, what, cfg.ray)
+    runtime.ensure_ray(cfg.ray, need_cpus=_cpus(cfg))
     with tracking.stage_run(cfg, family.run_name()) as run:
         mlflow_info = None
         if run is not None:
@@ -100,7 +97,7 @@ def run(cfg: JobConfig) -> dict[str, Any]:
 
 
 def _cpus(cfg: JobConfig) -> tuple[float, str]:
-    """The CPUs a run holds at once, and how they add up (for :func:`runtime.check_cpus`)."""
+    """The CPUs a run holds at once, and how they add up (for :func:`runtime.ensure_ray`)."""
     from sentiray.train import data
 
     t = cfg.train
