@@ -52,12 +52,14 @@ CHAINS: dict[str, Chain] = {
             "rationales:teacher.max_new_tokens=160",
             "rationales:teacher.batch_size=16",
             "assistant:model.path={models}/vlm",
-            "assistant:train.epochs=10",
+            "assistant:train.epochs=7",
+            "assistant:train.stream=false",
             "assistant:train.lr=5e-3",
             "assistant:train.log_every=10",
             "augment:augment.max_new_tokens=160",
             "student:model.path={models}/student-init",
-            "student:train.epochs=10",
+            "student:train.epochs=5",
+            "student:train.stream=false",
             "student:train.lr=5e-3",
             "student:train.log_every=10",
             "evaluate:mulcot.chain_max_new_tokens=160",
@@ -83,6 +85,7 @@ CHAINS: dict[str, Chain] = {
             "data:data.size=600",
             "train:model.path={models}/demo-backbone",
             "train:train.epochs=4",
+            "train:train.stream=false",
             "train:train.cpus_per_worker=2",
         ),
     ),
@@ -219,7 +222,7 @@ def _stand_ins(name: str, steps, models: str, teacher_steps: int | None) -> tupl
             _by_name(steps, "data").output,
             f"{models}/teacher",
             kinds=("chain", "rationalize"),
-            **(kw or {"steps": 1200}),
+            **kw,
         )
         what = describe(path)
     elif name == "lrsa":

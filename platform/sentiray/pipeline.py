@@ -393,6 +393,8 @@ def run(
             fields = {"job_id": extra.get("job_id")} if isinstance(extra, dict) and extra.get("job_id") else {}
             state.set(step.name, status="succeeded", seconds=round(seconds, 1), **fields)
             rows.append((step.name, "succeeded", step.output or "", seconds))
+            if len(steps) > 1:  # what each stage of a chain costs, as it ends
+                console.say(f"   {step.name} done in {seconds:.0f} s")
         if parent is not None:
             import mlflow
 

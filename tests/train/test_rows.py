@@ -47,14 +47,14 @@ def flagged(tmp_path_factory) -> dict:
     return {"root": root, "kept": kept, "all": set(ids)}
 
 
-def toy_family(flagged, stream: bool):
+def toy_family(flagged, stream: bool, **train):
     job = config.validate(
         {
             "stage": "train",
             "storage": {"root": str(flagged["root"])},
             "data": {"format": "canonical", "input": "data"},
             "model": {"path": "unused-by-the-toy"},
-            "train": {"family": TOY, "batch_size": 4, "num_workers": 1, "stream": stream},
+            "train": {"family": TOY, "batch_size": 4, "num_workers": 1, "stream": stream, **train},
         }
     )
     return families.create(job), job
@@ -67,6 +67,49 @@ def test_flagged_rows_are_counted_out_and_left_out_in_memory(flagged):
     assert rows.n_rows == len(flagged["kept"])
     seen = {example["id"] for batch in rows.epoch(0, 0) for example in batch}
     assert seen == flagged["kept"]
+
+
+def counted_rows(flagged, **train) -> tuple[train_data.InMemoryRows, list[str]]:
+    """In-memory rows of the toy family, with the ids its transform was called on."""
+    family, _ = toy_family(flagged, stream=False, **train)
+    calls: list[str] = []
+    transform = family.transform
+
+    def counted(row):
+        calls.append(row["id"])
+        return transform(row)
+
+    family.transform = counted
+    return train_data.InMemoryRows(family, rank=0, world=1), calls
+
+
+def test_in_memory_rows_are_transformed_once_and_the_same_every_epoch(flagged):
+    """Later epochs reuse the first epoch's examples (on small data the per-epoch transform, or
+    the streamed path's per-epoch pipeline start, cost more than the steps)."""
+    rows, calls = counted_rows(flagged)
+    epochs = [[example for batch in rows.epoch(epoch, 0) for example in batch] for epoch in range(3)]
+    assert sorted(calls) == sorted(flagged["kept"])  # each kept row transformed exactly once
+    assert [e["id"] for e in epochs[0]] != [e["id"] for e in epochs[1]]  # still reshuffled per epoch
+    by_id = {e["id"]: e for e in epochs[0]}
+    assert all(e == by_id[e["id"]] for e in epochs[1] + epochs[2])
+    # a resumed epoch (from micro-batch 3) gives the same micro-batches as the full one did
+    resumed = [example["id"] for batch in rows.epoch(1, 3) for example in batch]
+    assert resumed == [e["id"] for e in epochs[1][3 * 4 :]]
+
+
+def test_in_memory_rows_past_the_cache_budget_are_transformed_every_epoch(flagged):
+    kept = len(flagged["kept"])
+    rows, calls = counted_rows(flagged, cache_mb=0)
+    for epoch in range(2):
+        list(rows.epoch(epoch, 0))
+    assert len(calls) == 2 * kept and not rows.examples
+    # a budget of a few examples' size keeps those few and transforms the rest again
+    one = len(pickle.dumps(rows.example(0), protocol=5))
+    rows, calls = counted_rows(flagged, cache_mb=3.5 * one / 2**20)
+    for epoch in range(2):
+        list(rows.epoch(epoch, 0))
+    assert 2 <= len(rows.examples) <= 4  # rows differ in size by a few bytes
+    assert len(calls) == 2 * kept - len(rows.examples)
 
 
 @pytest.mark.slow

@@ -64,6 +64,12 @@ class TrainConfig(Section):
         description="Stream the train split through Ray Data (transform in Ray Data actors, each worker its "
         "shard); false: every worker loads the whole split into memory.",
     )
+    cache_mb: float = Field(
+        2048,
+        ge=0,
+        description="stream: false: transformed rows each worker keeps for later epochs, up to this many MB "
+        "(rows past it are transformed again every epoch; 0: keep none).",
+    )
     data_workers: int = Field(1, gt=0, description="stream: Ray Data actors running the family's row transform.")
     data_cpus: float = Field(0.25, ge=0, description="stream: CPUs reserved per transform actor.")
     shuffle_buffer: int = Field(256, ge=0, description="stream: rows of the seeded per-epoch local shuffle (0: none).")

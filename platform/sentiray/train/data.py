@@ -14,8 +14,9 @@ done.
   holds a bounded number of rows at a time, however large the split. Order is preserved
   (deterministic splits) and shuffled per epoch in a seeded local buffer.
 - :class:`InMemoryRows` (``train.stream: false``): every worker reads the whole split into
-  memory and transforms each micro-batch in the step loop; a seeded global permutation per
-  epoch. For small data, or to compare against.
+  memory and transforms each row once, in the step loop the first time it comes up, then
+  keeps the result for the later epochs; a seeded global permutation per epoch. For small
+  data (no Ray Data pipeline to start again every epoch), or to compare against.
 """
 
 from __future__ import annotations
@@ -68,13 +69,22 @@ def micro_batches(n_rows: int, rank: int, world: int, batch_size: int, seed: int
 
 
 class InMemoryRows:
-    """The whole split in this worker's memory, transformed micro-batch by micro-batch."""
+    """The whole split in this worker's memory, each row transformed once and kept.
+
+    The transform is deterministic (decode, resize, tokenize), so a kept example is the one a
+    later epoch would make again; keeping it spares every epoch after the first the transform
+    (on small data the streamed path spends more time starting its Ray Data pipeline again each
+    epoch than training: README, "Training input at scale"). Examples are kept up to
+    ``train.cache_mb`` (their pickled size); the rest are transformed again when they come up.
+    """
 
     def __init__(self, family, rank: int, world: int):
         self.family, self.rank, self.world = family, rank, world
         self.train = family.job.train
         columns = list(family.columns) + _flag_columns(family.data_uri()) if family.columns else None
         self.rows = [r for r in schema.read_rows(family.data_uri(), "train", columns) if trains(r)]
+        self.examples: dict[int, dict[str, Any]] = {}
+        self.cache_bytes_left = self.train.cache_mb * 2**20
 
     @property
     def n_rows(self) -> int:
@@ -86,7 +96,18 @@ class InMemoryRows:
     def epoch(self, epoch: int, start: int) -> Iterator[list[dict[str, Any]]]:
         batches = micro_batches(len(self.rows), self.rank, self.world, self.train.batch_size, self.train.seed, epoch)
         for indices in batches[start:]:
-            yield [self.family.transform(self.rows[i]) for i in indices]
+            yield [self.example(i) for i in indices]
+
+    def example(self, index: int) -> dict[str, Any]:
+        if index in self.examples:
+            return self.examples[index]
+        example = self.family.transform(self.rows[index])
+        if self.cache_bytes_left > 0:
+            size = len(pickle.dumps(example, protocol=5))
+            if size <= self.cache_bytes_left:
+                self.examples[index] = example
+            self.cache_bytes_left -= size  # the first that does not fit ends the caching
+        return example
 
 
 class StreamedRows:
