@@ -59,6 +59,11 @@ def test_repo_job_files_validate(monkeypatch):
         ("stage: data\ndata: {format: twitter2015}\n", [], "set data.input"),
         ("stage: train\ndata: {format: synthetic}\n", [], "needs the section(s) ['model', 'train']"),
         ("stage: fly\n", [], "stage: Input should be"),
+        (
+            "stage: train\ndata: {format: canonical, input: d}\nmodel: {path: m}\ntrain: {}\n",
+            ["train.cache_mb=-1"],
+            "train.cache_mb: Input should be greater than or equal to 0",
+        ),
         ("stage: data\ndata: {format: synthetic, split_ratios: [0.5, 0.5, 0.5]}\n", [], "data.split_ratios"),
         ("stage: data\nbogus: 1\ndata: {format: synthetic}\n", [], "bogus: unknown key"),
         ("stage: data\ndata: {format: synthetic}\n", ["data.format.x=1"], "data.format is not a section"),

@@ -8,6 +8,7 @@ jobs/pipeline.yaml, at tiny sizes.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -177,6 +178,7 @@ def test_a_failed_stage_stops_the_chain_and_a_rerun_starts_there(tmp_path, capsy
     code, out, err = run_cli(capsys, "pipeline", str(p))
     assert code == 1
     assert "stage 'evaluate' failed" in err and str(model) in err
+    assert re.search(r"^   data done in \d+ s$", out, re.M)  # what each stage of the chain cost
     first = state(root)
     assert [first["stages"][n]["status"] for n in ("data", "evaluate")] == ["succeeded", "failed"]
     assert "again" not in first["stages"]  # the chain stopped at the failure
