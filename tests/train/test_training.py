@@ -88,6 +88,12 @@ def test_assistant_zero2_learns(workspace, assistant):
     assert len(acc) == 8  # one dev evaluation per epoch
     assert assistant["best"] == max(acc)
     assert assistant["best"] > 0.5  # three classes: chance is 1/3
+    # the last epoch's report (Ray Train's result) carries its mean training losses, unweighted
+    # per stream, below the first logged steps' (the loop reports to Ray at checkpoints only)
+    final = assistant["final"]
+    assert {"train_loss", "train_ce_c", "train_ce_l"} <= set(final), final
+    assert final["train_loss"] == pytest.approx(final["train_ce_c"] + final["train_ce_l"], rel=1e-6)
+    assert final["train_loss"] < 0.5 * losses[0]
     # the exported model is HF format, registered, and predicts
     assert storage.exists(storage.join(assistant["model"], "config.json"))
     assert assistant["registered_model"] == "models:/sentiray-assistant/1"

@@ -101,7 +101,9 @@ class TrainConfig(Section):
     checkpoint_every: int | None = Field(
         None, gt=0, description="Also checkpoint every N optimizer steps (epoch ends always)."
     )
-    log_every: int = Field(5, gt=0, description="Report the training loss every N optimizer steps.")
+    log_every: int = Field(
+        5, gt=0, description="Log the training loss every N optimizer steps (console, MLflow, the progress file)."
+    )
     deepspeed: dict[str, Any] = Field(
         default_factory=dict, description="Extra DeepSpeed keys; 'auto' values filled from train."
     )

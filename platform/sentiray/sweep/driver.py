@@ -377,51 +377,33 @@ def trial_train_func(config: dict[str, Any]) -> None:
 def _epoch_reporter(metric: str, max_t: int, history_uri: str):
     """A Ray Train callback forwarding one result per epoch to Tune.
 
-    The loop reports the training losses every ``train.log_every`` steps and the dev
-    metrics (with a checkpoint) at every epoch end, and may checkpoint mid-epoch. Tune
-    must see one result per epoch carrying the metric, or ASHA would count steps and
-    strict metric checking would reject results without it. So step reports are only
-    averaged (as ``train_loss``, ``train_ce_c``, ... of the epoch) and each epoch end is
-    forwarded with those averages added. Each forwarded result is also appended to
-    ``_epochs.json`` in the trial's output: its learning curve, kept across restarts.
+    The loop reports at every epoch end (dev metrics, the epoch's mean training losses
+    ``train_loss``, ``train_ce_c``, ..., a checkpoint) and may checkpoint mid-epoch. Tune
+    must see one result per epoch carrying the metric, or ASHA would count checkpoints and
+    strict metric checking would reject results without it. So only epoch ends are
+    forwarded. Each forwarded result is also appended to ``_epochs.json`` in the trial's
+    output: its learning curve, kept across restarts.
 
     The last epoch (``max_t``) is not forwarded here: the trial reports it itself once
     its model is exported, so no scheduler decision can kill a trial mid-export.
     """
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    not_losses = {"step", TIME_ATTR, "lr", "samples_per_s"}
-
     class EpochReporter(TuneReportCallback):
         def __init__(self) -> None:
             super().__init__()
             self.history = storage.read_json(history_uri) if storage.exists(history_uri) else []
             self.last_epoch = self.history[-1][TIME_ATTR] if self.history else 0
-            self.losses: dict[str, list[float]] = {}
 
         def after_report(self, run_context, metrics, checkpoint):
             report = metrics[0]  # rank 0's
-            if "loss" in report:  # a step report: losses of the last few steps
-                for key, value in report.items():
-                    if key not in not_losses and isinstance(value, (int, float)):
-                        self.losses.setdefault(f"train_{key}", []).append(value)
-                return
             # Mid-epoch checkpoints carry the last finished epoch: only an epoch end
             # moves the count forward.
             epoch = report.get(TIME_ATTR)
             if epoch is None or epoch <= self.last_epoch:
                 return
-            report = {**report, **{k: sum(v) / len(v) for k, v in self.losses.items()}}
-            self.losses = {}
             if metric not in report:
-                raise ValueError(
-                    f"tune.metric {metric!r} is not in the epoch results, which carry {sorted(report)}"
-                    + (
-                        " (train_* average the step reports: lower train.log_every)"
-                        if metric.startswith("train_")
-                        else ""
-                    )
-                )
+                raise ValueError(f"tune.metric {metric!r} is not in the epoch results, which carry {sorted(report)}")
             self.last_epoch = epoch
             self.history.append({k: v for k, v in report.items() if isinstance(v, (int, float))})
             storage.write_json(history_uri, self.history)

@@ -5,6 +5,12 @@ Plain PyTorch + DeepSpeed; Ray appears only at the edges (context, checkpoint in
 the same forward passes (the dev evaluation pads uneven shards; families keep their
 micro-batches' forward passes equal).
 
+``ray.train.report`` is called at checkpoints only (epoch ends, ``checkpoint_every``); the
+epoch's report carries its mean training losses (``train_loss``, ``train_<part>``). Step logs
+go straight to MLflow, the progress file and the console: Ray Train takes one report per
+worker each time its controller polls (every 2 s), so a report per log step would hold the
+loop whenever steps are fast (the demo's MSE-Adapter ran at 40 instead of 320 samples/s).
+
 One epoch: the rank's micro-batches (a seeded permutation of the rows, padded by wrapping
 so that every rank has as many), grouped ``train.grad_accum`` at a time into optimizer
 steps; an epoch's last group may be shorter, and its gradient is the mean over the
@@ -276,6 +282,7 @@ class _Run:
     n_micro: int = 0  # micro-batches per epoch, the same on every rank
     last_dev: dict[str, float] = field(default_factory=dict)  # the last epoch's primary dev metric
     last_log: tuple[float, int] | None = None  # (time, step) of the last step log
+    epoch_losses: dict[str, tuple[float, int]] = field(default_factory=dict)  # this epoch's (sum, count) per part
     start_time: float = field(default_factory=time.perf_counter)
 
 
@@ -314,6 +321,8 @@ def _setup(job, family, rank, world, rows, dev_rows, mlflow_info) -> _Run:
     groups = optimizer_groups(family, model, train)
     optimizer = torch.optim.AdamW(groups)
     scheduler = make_scheduler(optimizer, train, total_steps)
+    if not train.use_gpu:
+        _without_shm_comm_op()
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
@@ -350,6 +359,18 @@ def _setup(job, family, rank, world, rows, dev_rows, mlflow_info) -> _Run:
         sink,
         n_micro=n_micro,
     )
+
+
+def _without_shm_comm_op() -> None:
+    """Keep DeepSpeed's CPU backend from compiling its shared-memory all-reduce op.
+
+    It serves DeepSpeed's inference all-reduce only (ZeRO training reduces over gloo), yet the
+    CPU backend builds it with g++ when it starts: 27 s on this 2-core machine in every new
+    environment (the build is cached per torch install path), about a second to load after.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def _resume(run: _Run, checkpoint) -> None:
@@ -412,6 +433,9 @@ def _train_epoch(run: _Run) -> None:
         engine.step()
         state.micro_done = index + 1
         window.append(parts)
+        for k, v in parts.items():
+            total, n = run.epoch_losses.get(k, (0.0, 0))
+            run.epoch_losses[k] = (total + v, n + 1)
         if not boundary:
             continue
         state.step += 1
@@ -443,8 +467,6 @@ def _first_trainable(run: _Run) -> list[dict[str, Any]]:
 
 
 def _log_steps(run: _Run, window: list[dict[str, float]]) -> None:
-    import ray.train
-
     state, train = run.state, run.job.train
     metrics = _mean_over_ranks(window, run.world)
     metrics.update(lr=run.optimizer.param_groups[0]["lr"], epoch=state.epoch)
@@ -472,13 +494,16 @@ def _log_steps(run: _Run, window: list[dict[str, float]]) -> None:
                 "dev": run.last_dev,
             },
         )
-    ray.train.report({"step": state.step, "epoch": state.epoch, **metrics})
 
 
 def _end_epoch(run: _Run) -> None:
     """Dev metrics, best export, plateau, early stopping, checkpoint (also when max_steps ended
     the epoch early)."""
     train, state, family = run.job.train, run.state, run.family
+    # unweighted parts, so that sweeps compare them across loss-weight values
+    means = {k: total / n for k, (total, n) in run.epoch_losses.items()}
+    losses = {f"train_{k}": v for k, v in _mean_over_ranks([means], run.world).items()}
+    run.epoch_losses = {}
     dev = evaluate_dev(family, run.engine.module, run.dev_rows, run.rank, run.world, train.eval_batch_size)
     selection = family.selection()
     state.epoch += 1
@@ -509,6 +534,7 @@ def _end_epoch(run: _Run) -> None:
             "step": state.step,
             "epoch": state.epoch,
             **dev,
+            **losses,
             "is_best": is_best,
             "best_epoch": state.best_epoch,
             "resumed_from_step": state.resumed_from_step if state.resumed_from_step is not None else -1,
