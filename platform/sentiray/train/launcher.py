@@ -109,6 +109,9 @@ def _cpus(cfg: JobConfig) -> tuple[float, str]:
     return need, what
 
 
+POLL_ENV, POLL_INTERVAL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"  # passed on to the controller by Ray
+
+
 def fit(
     cfg: JobConfig,
     family: families.Family,
@@ -131,6 +134,11 @@ def fit(
 
     train = cfg.train
     out = train.output
+    # Ray Train's controller polls its workers every 2 s by default, and a run's start and end
+    # each take a few polls: about 4 s of every run spent waiting (measured on the demo's MSE
+    # train stage: 5.6 s from the last report to the result, 1.4 s at 0.25 s). A poll is one
+    # small RPC per worker; set the variable to keep Ray's default.
+    os.environ.setdefault(POLL_ENV, POLL_INTERVAL_S)
     if storage.is_remote(out):
         fs, path = storage.pyarrow_filesystem(out)
         storage_kwargs = {"storage_path": path, "storage_filesystem": fs}
