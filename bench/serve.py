@@ -5,6 +5,8 @@ the bare model called in-process (the physical limit), at concurrency 1, 8 and 3
     python bench/serve.py --chain-tokens 32     # with a 32-token reasoning chain per request
     python bench/serve.py --model runs/demo/checkpoints/student/model --duration 20
 
+Serve's ingress is the one ``sentiray serve`` gives a local cluster: HAProxy in front of
+replicas that serve HTTP themselves (``--python-proxy``: Serve's Python proxy actor instead).
 Each Serve mode is one replica with one CPU (torch on one thread) serving HTTP and the model;
 the bare model runs here on one thread too, calling the family's ``Predictor.predict`` (the
 function the replica calls) on ``min(concurrency, max_batch_size)`` rows per call, so every
@@ -104,6 +106,11 @@ def measure(model_path: str, post: dict, payload: dict, args: argparse.Namespace
         "serve batched": {**common, "max_batch_size": args.max_batch_size, "batch_wait_timeout_s": 0.005},
         "serve unbatched": {**common, "max_batch_size": 1, "batch_wait_timeout_s": 0.0},
     }
+    from sentiray import runtime
+
+    if args.python_proxy:
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "0"
+    runtime.set_serve_env()  # the ingress a local cluster started by sentiray has (HAProxy)
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     base = start_serve("127.0.0.1", free_port())
     cells = []
@@ -141,6 +148,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--chain-tokens", type=int, default=0, help="also generate a chain of this many tokens")
+    parser.add_argument(
+        "--python-proxy", action="store_true", help="Serve's Python proxy actor as the ingress instead of HAProxy"
+    )
     args = parser.parse_args()
 
     from sentiray.data import synthetic
@@ -159,9 +169,10 @@ def main() -> int:
     rows = measure(model_path, post, payload, args)
 
     what = f"label scoring + {args.chain_tokens}-token chain" if args.chain_tokens else "label scoring (text + image)"
+    ingress = "Serve's Python proxy" if args.python_proxy else "HAProxy (direct ingress)"
     print(
         f"\nserving benchmark: {what}, max_batch_size {args.max_batch_size}, {args.duration:.0f} s per cell, "
-        f"{os.cpu_count()} CPU cores"
+        f"{os.cpu_count()} CPU cores, ingress {ingress}"
     )
     print(f"machine load (1-minute average): {load_before} before, {load_average()} after")
     print(f"{'mode':<16} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}  errors")
@@ -176,6 +187,14 @@ def main() -> int:
         print(
             f"  c={c:<3} batched/bare {by[('serve batched', c)] / bare:.2f}  unbatched/bare {by[('serve unbatched', c)] / bare:.2f}"
             f"  batched/unbatched {by[('serve batched', c)] / by[('serve unbatched', c)]:.2f}"
+        )
+    if len(args.concurrency) > 1:
+        # what batching gives the model itself: the most batched/unbatched can reach once the
+        # transport costs little per request
+        low, high = min(args.concurrency), max(args.concurrency)
+        print(
+            f"  bare model c={high} / c={low} (batches of {min(high, args.max_batch_size)} vs "
+            f"{min(low, args.max_batch_size)} rows): {by[('bare model', high)] / by[('bare model', low)]:.2f}"
         )
     return 0
 

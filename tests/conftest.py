@@ -85,7 +85,10 @@ def ray_cluster(s3_server):
     to s3:// must not depend on whether an earlier test happened to start the server first."""
     import ray
 
+    from sentiray import runtime
+
     if not ray.is_initialized():
+        runtime.set_serve_env()  # what a local cluster sentiray starts has
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     yield ray
     ray.shutdown()

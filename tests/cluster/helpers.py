@@ -22,8 +22,10 @@ from tests.conftest import free_port
 BIN = Path(sys.executable).parent
 # Variables the head must not inherit from the test session: the jobs must get them from the
 # submission's runtime environment, which is what the tests check. RAY_AUTH_*: a user's shell has
-# none (the session's own local ray.init() sets RAY_AUTH_MODE=token in this process).
-SCRUBBED_PREFIXES = ("AWS_", "MLFLOW_", "SENTIRAY_", "RAY_ADDRESS", "RAY_AUTH_")
+# none (the session's own local ray.init() sets RAY_AUTH_MODE=token in this process). The Serve
+# ingress variables sentiray sets for the local clusters it starts: `ray start` in a user's
+# shell has none.
+SCRUBBED_PREFIXES = ("AWS_", "MLFLOW_", "SENTIRAY_", "RAY_ADDRESS", "RAY_AUTH_", "RAY_SERVE_")
 TOKEN_FILE = Path("~/.ray/auth_token").expanduser()
 
 

@@ -92,6 +92,24 @@ def post(url, body, **kw):
 # --------------------------------------------------------------------------- probes, auth, schema
 
 
+def test_requests_reach_the_replica_through_haproxy(api, serve_base):
+    """The front door of a cluster sentiray starts is HAProxy (runtime.SERVE_ENV), forwarding to
+    the replica's own HTTP server: no Python proxy on a request's path."""
+    import psutil
+
+    port = int(serve_base.rsplit(":", 1)[1])
+    listening = {
+        c.pid
+        for c in psutil.net_connections("tcp")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid
+    }
+    assert {psutil.Process(pid).name() for pid in listening} == {"haproxy"}
+    assert requests.get(f"{api}/healthz", timeout=10).status_code == 200
+    r = post(f"{api}/v1/sentiment", {"text": "a lovely day"})
+    assert r.status_code == 200 and r.json()["label"] in LABELS
+
+
+
 def test_probes_models_schema_and_api_key(api):
     assert requests.get(f"{api}/healthz", timeout=10).json() == {"status": "ok"}  # no key needed
     assert requests.get(f"{api}/readyz", timeout=10).json() == {"status": "ready"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -200,3 +201,17 @@ def test_overrides_reach_args_and_the_user_config_that_wins_over_them(tmp_path, 
     path.write_text(text)
     with pytest.raises(ConfigError, match="user_config:\n  model: no folder '/nonexistent/swap'"):
         load_serve_config(str(path))
+
+
+def test_a_local_cluster_gets_the_haproxy_ingress_unless_the_user_set_otherwise(monkeypatch):
+    from sentiray import runtime
+
+    for key in runtime.SERVE_ENV:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")  # the user's choice wins
+    runtime.set_serve_env()
+    assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
+    assert os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "2"
+    monkeypatch.delenv("RAY_SERVE_ENABLE_HA_PROXY")
+    runtime.set_serve_env()
+    assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
