@@ -109,7 +109,6 @@ def test_requests_reach_the_replica_through_haproxy(api, serve_base):
     assert r.status_code == 200 and r.json()["label"] in LABELS
 
 
-
 def test_probes_models_schema_and_api_key(api):
     assert requests.get(f"{api}/healthz", timeout=10).json() == {"status": "ok"}  # no key needed
     assert requests.get(f"{api}/readyz", timeout=10).json() == {"status": "ready"}
