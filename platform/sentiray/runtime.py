@@ -49,10 +49,24 @@ SERVE_ENV = {
 }
 
 
+# HAProxy's stats page and Prometheus endpoint listen on fixed ports (8404, 9101) on every
+# interface: a second local cluster on the same machine (a demo while `sentiray serve` runs)
+# could not start its HAProxy. A cluster sentiray starts takes free ones.
+HAPROXY_PORT_ENV = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
+
+
 def set_serve_env() -> None:
-    """Give a local cluster about to start :data:`SERVE_ENV` (a variable already set wins)."""
+    """Give a local cluster about to start :data:`SERVE_ENV` and free HAProxy side ports (a
+    variable already set wins)."""
+    import socket
+
     for key, value in SERVE_ENV.items():
         os.environ.setdefault(key, value)
+    for key in HAPROXY_PORT_ENV:
+        if key not in os.environ:
+            with socket.socket() as s:
+                s.bind(("", 0))
+                os.environ[key] = str(s.getsockname()[1])
 
 
 def ensure_ray(cfg: RayConfig | None = None, need_cpus: tuple[float, str] | None = None) -> None:

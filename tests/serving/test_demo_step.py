@@ -27,3 +27,23 @@ def test_serve_and_query_answers_and_cleans_up(serve_base, tiny_models, capsys):
     # Serve was running before (the session's): the app is gone, Serve stays.
     assert DEMO_APP not in serve.status().applications
     assert serve_base  # still the session's proxy
+
+
+def test_a_second_local_cluster_serves_beside_a_running_one(serve_base, tiny_models):
+    """A user's second terminal: `sentiray serve` runs (here: the session's Serve, HAProxy in
+    front) and another command starts its own local Ray and serves too. Each cluster's HAProxy
+    takes its own stats and metrics ports, so neither fails to start."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    # a user's shell: none of the variables this session's driver set for its own cluster
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_SERVE_", "RAY_ADDRESS"))}
+    code = (
+        "import json; from sentiray.serving.demo_step import serve_and_query; "
+        f"print(json.dumps([a['status'] for a in serve_and_query({tiny_models['vlm']!r}, n_requests=1, chat=False)]))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [200]
