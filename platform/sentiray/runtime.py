@@ -49,20 +49,28 @@ SERVE_ENV = {
 }
 
 
-# HAProxy's stats page and Prometheus endpoint listen on fixed ports (8404, 9101) on every
-# interface: a second local cluster on the same machine (a demo while `sentiray serve` runs)
-# could not start its HAProxy. A cluster sentiray starts takes free ones.
-HAPROXY_PORT_ENV = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
+# Serve's side ports in HAProxy mode are fixed (HAProxy's stats page 8404 and Prometheus
+# endpoint 9101; the fallback proxy that HAProxy sends requests to until a replica passes its
+# health check, 8500 HTTP and 9500 gRPC). A second local cluster on the same machine (a demo
+# while `sentiray serve` runs) then could not start its HAProxy, and its fallback proxy shared
+# port 8500 with the first cluster's (SO_REUSEPORT): some of its requests reached the other
+# cluster and got 404s. A cluster sentiray starts takes free ports for all four.
+SIDE_PORT_ENV = (
+    "RAY_SERVE_HAPROXY_STATS_PORT",
+    "RAY_SERVE_HAPROXY_METRICS_PORT",
+    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+    "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
+)
 
 
 def set_serve_env() -> None:
-    """Give a local cluster about to start :data:`SERVE_ENV` and free HAProxy side ports (a
-    variable already set wins)."""
+    """Give a local cluster about to start :data:`SERVE_ENV` and free side ports
+    (:data:`SIDE_PORT_ENV`); a variable already set wins."""
     import socket
 
     for key, value in SERVE_ENV.items():
         os.environ.setdefault(key, value)
-    for key in HAPROXY_PORT_ENV:
+    for key in SIDE_PORT_ENV:
         if key not in os.environ:
             with socket.socket() as s:
                 s.bind(("", 0))
