@@ -41,7 +41,7 @@ LOCAL_MIN_CPUS = 4
 # period so that HAProxy deregisters it; HAProxy retries a refused connection on another
 # replica, so 2 s is enough (Ray's default 30 s would hold every `serve.delete` that long).
 # These are read by Serve's processes when they start: set in the environment of the driver
-# that starts a local cluster, or of `ray start` / the pods of a cluster (k8s/rayservice.yaml).
+# that starts a local cluster, or of `ray start` / a cluster's pods (serve/README.md).
 # RAY_SERVE_ENABLE_HA_PROXY=0 keeps Serve's Python proxy.
 SERVE_ENV = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
