@@ -63,18 +63,23 @@ SIDE_PORT_ENV = (
 )
 
 
+def free_port(host: str = "") -> int:
+    """A TCP port free on ``host`` now (``""``: every interface)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 def set_serve_env() -> None:
     """Give a local cluster about to start :data:`SERVE_ENV` and free side ports
     (:data:`SIDE_PORT_ENV`); a variable already set wins."""
-    import socket
-
     for key, value in SERVE_ENV.items():
         os.environ.setdefault(key, value)
     for key in SIDE_PORT_ENV:
         if key not in os.environ:
-            with socket.socket() as s:
-                s.bind(("", 0))
-                os.environ[key] = str(s.getsockname()[1])
+            os.environ[key] = str(free_port())
 
 
 def ensure_ray(cfg: RayConfig | None = None, need_cpus: tuple[float, str] | None = None) -> None:

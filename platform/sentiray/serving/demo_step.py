@@ -7,7 +7,6 @@ application is deployed on the local Ray cluster, called over HTTP, then removed
 from __future__ import annotations
 
 import base64
-import socket
 from typing import Any
 
 DEMO_APP = "demo-student"
@@ -27,12 +26,6 @@ def _demo_requests(n: int) -> list[dict[str, Any]]:
             req["aspect"] = row["aspect"]
         out.append({"request": req, "gold": row["label"]})
     return out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve_and_query(
@@ -61,7 +54,7 @@ def serve_and_query(
             "stage": "serve",
             "serve": {
                 "model": model,
-                "port": port or _free_port(),
+                "port": port or runtime.free_port("127.0.0.1"),
                 "app_name": DEMO_APP,
                 "route_prefix": DEMO_PREFIX,
                 "blocking": False,
