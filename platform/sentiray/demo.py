@@ -13,6 +13,10 @@ of truth): ``jobs/pipeline.yaml`` (MulCoT-RD), ``jobs/pipeline_lrsa.yaml`` (LRSA
 - demo sizes, as ``stage:key=value`` overrides (:data:`CHAINS`), printed with the command that
   reruns the chain, so a user reruns any step from its file, at the demo's sizes or its own.
 
+The MulCoT-RD chain runs in this process; the LRSA and MSE-Adapter chains run beside it, in a
+second Ray driver (``python -m sentiray.demo``) on the same cluster, so that they use the cores
+the longer chain leaves idle. Each stand-in is fitted in a Ray task of one CPU (one torch thread).
+
 Every stage is real (Ray Data, Ray Train with DeepSpeed, MLflow); finished stages are reused
 on a rerun (each is idempotent). The console stays quiet: one line per step, progress bars,
 the summary; Ray's, DeepSpeed's and torch's own output goes to ``<workdir>/demo.log``
@@ -21,8 +25,10 @@ the summary; Ray's, DeepSpeed's and torch's own output goes to ``<workdir>/demo.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,12 +58,16 @@ CHAINS: dict[str, Chain] = {
             "rationales:teacher.model.path={models}/teacher",
             "rationales:teacher.max_new_tokens=160",
             "rationales:teacher.batch_size=16",
+            # two generating actors of one CPU each: the tiny teacher's generate() gains little
+            # from a second thread
+            "rationales:teacher.concurrency=2",
             "assistant:model.path={models}/vlm",
             "assistant:train.epochs=7",
             "assistant:train.stream=false",
             "assistant:train.lr=5e-3",
             "assistant:train.log_every=10",
             "augment:augment.max_new_tokens=160",
+            "augment:augment.concurrency=2",
             "student:model.path={models}/student-init",
             "student:train.epochs=5",
             "student:train.stream=false",
@@ -82,7 +92,8 @@ CHAINS: dict[str, Chain] = {
             "train:lrsa.vision_model={models}/vision",
             "train:train.epochs=4",
             "train:train.num_workers=1",
-            "train:train.cpus_per_worker=2",
+            # one thread: it trains beside the MulCoT chain
+            "train:train.cpus_per_worker=1",
         ),
         stand_in_steps=400,  # JMASA F1 0.71-0.73 as at 600 steps
     ),
@@ -94,7 +105,7 @@ CHAINS: dict[str, Chain] = {
             "train:model.path={models}/demo-backbone",
             "train:train.epochs=4",
             "train:train.stream=false",
-            "train:train.cpus_per_worker=2",
+            "train:train.cpus_per_worker=1",
         ),
         stand_in_steps=500,  # test MAE 0.42 (800 steps: 0.48, 400: 0.58; the mean predictor 1.35)
     ),
@@ -129,11 +140,13 @@ class _Steps:
         console.say(f"   done in {seconds:.0f} s: {where}")
         return result
 
-    def table(self) -> str:
-        width = max(len(n) for n, _, _ in self.rows)
+    def table(self, wall: float) -> str:
+        """The steps, and ``wall``: the seconds they took from the first one's start (steps
+        beside others overlap them)."""
+        width = max(len(n) for n, _, _ in self.rows + [("total (wall clock)", 0, "")])
         lines = [f"{'step':<{width}}  {'seconds':>7}  output"]
         lines += [f"{n:<{width}}  {s:>7.1f}  {w}" for n, s, w in self.rows]
-        lines.append(f"{'total':<{width}}  {sum(s for _, s, _ in self.rows):>7.1f}")
+        lines.append(f"{'total (wall clock)':<{width}}  {wall:>7.1f}")
         return "\n".join(lines)
 
 
@@ -218,37 +231,218 @@ def headline(name: str, steps) -> tuple[str, dict[str, float]]:
 
 # --------------------------------------------------------------------------- the stand-ins
 
+PROGRESS_EVERY = 5  # steps between progress-file writes
 
-def _stand_ins(name: str, steps, models: str, teacher_steps: int | None) -> tuple[str, str]:
-    """Fit (or reuse) the chain's stand-in for a pretrained model; returns its path (twice: result, output)."""
-    kw = {"steps": teacher_steps or CHAINS[name].stand_in_steps}
-    if name == "mulcot":
+
+def _progress_file(models: str, name: str) -> str:
+    return os.path.join(models, f".fit-progress-{name}.json")
+
+
+def _fit_one(name: str, models: str, data_uri: str, steps: int) -> tuple[str, str]:
+    """Fit (or reuse) chain ``name``'s stand-in; returns (its folder, what it is). Writes its
+    progress to :func:`_progress_file` for the driver's bar."""
+    import json
+
+    progress = _progress_file(models, name)
+
+    def on_step(done: int, total: int) -> None:
+        if done % PROGRESS_EVERY == 0 or done == total:
+            with open(f"{progress}.tmp", "w") as f:
+                json.dump({"step": done, "total": total}, f)
+            os.replace(f"{progress}.tmp", progress)
+
+    if name in ("mulcot", "lrsa"):
         from sentiray.teacher.demo_teacher import describe, fit_demo_teacher
 
-        # the MulCoT chain's teacher writes chains only (the pipeline asks no LRSA rationales of it)
-        path = fit_demo_teacher(
-            f"{models}/vlm",
-            _by_name(steps, "data").output,
-            f"{models}/teacher",
-            kinds=("chain", "rationalize"),
-            **kw,
+        # the MulCoT chain's teacher writes chains only (its pipeline asks no LRSA rationales)
+        kinds = {"kinds": ("chain", "rationalize")} if name == "mulcot" else {}
+        target = f"{models}/teacher" if name == "mulcot" else f"{models}/teacher-lrsa"
+        path = fit_demo_teacher(f"{models}/vlm", data_uri, target, steps=steps, on_step=on_step, **kinds)
+        return path, describe(path)
+    from sentiray.models.demo_backbone import DESCRIPTION, fit_demo_backbone
+
+    path = fit_demo_backbone(
+        f"{models}/causal_lm", f"{models}/demo-backbone", tasks=("msa",), steps=steps, on_step=on_step
+    )
+    return path, DESCRIPTION
+
+
+def _fit_lane(jobs: list[tuple[str, str, str, int]]) -> list[tuple[str, str]]:
+    """A Ray task's work: the stand-ins of ``jobs`` (name, models, data, steps) one after another."""
+    return [_fit_one(*job) for job in jobs]
+
+
+def _fit_stand_ins(loaded: dict[str, tuple], models: str, teacher_steps: int | None) -> tuple[dict[str, str], str]:
+    """Fit (or reuse) the stand-ins of the chains in ``loaded``, one after another, in a Ray task
+    of one CPU: Ray gives it one torch thread, and a tiny model does 1.45x more work per
+    core-second in two 1-thread processes than in one 2-thread process (150 teacher steps: 19.8 s
+    on 2 threads; 27.3 s each for two 1-thread fits side by side), the other core being busy
+    with the chains beside. One bar on the terminal."""
+    import ray
+
+    from sentiray import runtime
+
+    runtime.ensure_ray(next(iter(loaded.values()))[2][0].cfg.ray)
+    steps = {n: teacher_steps or CHAINS[n].stand_in_steps for n in loaded}
+    jobs = [(n, models, _by_name(loaded[n][2], "data").output, steps[n]) for n in loaded]
+    for name in loaded:
+        if os.path.exists(_progress_file(models, name)):
+            os.remove(_progress_file(models, name))
+    with _fit_progress(models, steps):
+        done = ray.get(ray.remote(num_cpus=1)(_fit_lane).remote(jobs))
+    for _, what in done:
+        console.say(f"   {what}")
+    return dict(zip(loaded, (path for path, _ in done))), ", ".join(path for path, _ in done)
+
+
+@contextlib.contextmanager
+def _fit_progress(models: str, steps: dict[str, int]):
+    """While the fits run: one bar on the terminal, fed by their progress files (quiet mode only)."""
+    if not console.is_quiet():
+        yield
+        return
+    import json
+
+    stop = threading.Event()
+
+    def poll() -> None:
+        bar = console.progress(sum(steps.values()), "stand-in models", unit="step")
+        while True:
+            stopping = stop.wait(1.0)
+            state = {}
+            for name, planned in steps.items():
+                try:
+                    with open(_progress_file(models, name)) as f:
+                        state[name] = json.load(f)
+                except (OSError, ValueError):
+                    state[name] = {"step": 0, "total": planned}
+            bar.total = sum(p["total"] for p in state.values())
+            bar.n = sum(p["step"] for p in state.values())
+            bar.set_postfix_str(", ".join(f"{n} {p['step']}/{p['total']}" for n, p in state.items()))
+            if stopping:
+                break
+        bar.close()
+
+    thread = threading.Thread(target=poll, name="sentiray-fit-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+# --------------------------------------------------------------------------- the chains beside
+
+
+class _Beside:
+    """The chains after the first, run beside it by a second Ray driver (``python -m
+    sentiray.demo``) on the same cluster; its lines are printed when it ends.
+
+    A process, not a thread: a pipeline keeps its MLflow parent run in the process's
+    environment, and each chain needs its own."""
+
+    def __init__(self, families: tuple[str, ...], workdir: str, options: list[str], verbose: bool, ray_cfg):
+        import subprocess
+        import sys
+
+        import ray
+
+        from sentiray import runtime
+
+        # Ray first: starting it puts RAY_AUTH_MODE=token in this environment, which the second
+        # driver needs to join the cluster under token authentication
+        runtime.ensure_ray(ray_cfg)
+        address = ray.get_runtime_context().gcs_address
+
+        self.families = families
+        self.results_path = os.path.join(workdir, ".beside-results.json")
+        self.out_path = os.path.join(workdir, "beside.out")
+        if os.path.exists(self.results_path):
+            os.remove(self.results_path)
+        cmd = [sys.executable, "-m", "sentiray.demo", "--workdir", workdir, "--results", self.results_path]
+        cmd += [f"--family={f}" for f in families] + options + (["--verbose"] if verbose else [])
+        env = {**os.environ, "RAY_ADDRESS": address}
+        self.out = None if verbose else open(self.out_path, "w")  # verbose: live, on this terminal
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.out, stderr=None if verbose else subprocess.STDOUT)
+        console.say(
+            f"\n== {', '.join(CHAINS[f].title.split(':')[0] for f in families)}: running beside, in a second Ray "
+            "driver on the same cluster; their lines follow when they end"
         )
-        what = describe(path)
-    elif name == "lrsa":
-        from sentiray.teacher.demo_teacher import describe, fit_demo_teacher
 
-        path = fit_demo_teacher(f"{models}/vlm", _by_name(steps, "data").output, f"{models}/teacher-lrsa", **kw)
-        what = describe(path)
-    else:
-        from sentiray.models.demo_backbone import DESCRIPTION, fit_demo_backbone
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
 
-        path = fit_demo_backbone(f"{models}/causal_lm", f"{models}/demo-backbone", tasks=("msa",), **kw)
-        what = DESCRIPTION
-    console.say(f"   {what}")
-    return path, path
+    def finish(self) -> dict[str, Any]:
+        """Wait for it, print its lines; returns its {"chains": ..., "rows": ...}."""
+        code = self.proc.wait()
+        if self.out is not None:
+            self.out.close()
+            with open(self.out_path) as f:
+                for line in f.read().splitlines():
+                    console.say(line)
+        if code or not os.path.exists(self.results_path):
+            raise DemoFailed(f"the {', '.join(self.families)} chain(s) beside stopped (exit code {code}); see above")
+        return storage.read_json(self.results_path)
+
+
+def run_beside(
+    workdir: str,
+    families: tuple[str, ...],
+    results_path: str,
+    size: int | None = None,
+    epochs: int | None = None,
+    teacher_steps: int | None = None,
+    verbose: bool = False,
+) -> None:
+    """The second driver's work (:class:`_Beside`): ``families``' chains, on the cluster in
+    RAY_ADDRESS, after the first driver wrote their data; it fits their stand-ins first."""
+    import json
+
+    root = project_root()
+    models = os.path.join(workdir, "models")
+    steps_table = _Steps()
+    chains: dict[str, Any] = {}
+    with console.quiet(os.path.join(workdir, "demo.log"), enabled=not verbose):
+        loaded = {
+            name: _load_chain(name, root, workdir, models, _size_overrides(name, root, size, epochs, teacher_steps))
+            for name in families
+        }
+        console.say(f"\n== stand-ins for {', '.join(families)} (beside)")
+        steps_table.run(f"{', '.join(families)}: stand-in models", _fit_stand_ins, loaded, models, teacher_steps)
+        for name, (chain, pipe, steps, _) in loaded.items():
+            console.say(f"\n== {chain.title} (beside)")
+            chains[name] = _run_chain(name, pipe, steps, steps_table)
+    with open(results_path, "w") as f:
+        json.dump({"chains": chains, "rows": steps_table.rows}, f)
 
 
 # --------------------------------------------------------------------------- the demo
+
+
+def _size_overrides(
+    name: str, root: Path, size: int | None, epochs: int | None, teacher_steps: int | None
+) -> list[str]:
+    """The overrides of ``--size``, ``--epochs`` and ``--teacher-steps`` that chain ``name`` has stages for."""
+    extra = [f"data:data.size={size}"] if size else []
+    if epochs:
+        extra += [f"{stage}:train.epochs={epochs}" for stage in ("assistant", "student", "train")]
+    if teacher_steps:
+        # A stand-in teacher fitted for fewer steps gets many labels wrong even when told the gold
+        # one (pass 2); by default those chains stay out of training, which could leave none.
+        extra.append("rationales:teacher.keep_disagreeing_pass2=true")
+    names = {stage["name"] for stage in config.load_raw(root / CHAINS[name].pipeline)["stages"]}
+    return [o for o in extra if o.split(":")[0] in names]
+
+
+def _run_chain(name: str, pipe, steps, steps_table: _Steps) -> dict[str, Any]:
+    """The chain's stages after data (finished ones skipped), then its headline line."""
+    steps_table.run(f"{name}: {' -> '.join(s.name for s in steps[1:])}", _run_steps, pipe, steps)
+    line, numbers = headline(name, steps)
+    console.say(f"   {line}")
+    return {"outputs": {s.name: s.output for s in steps}, "headline": line, **numbers}
 
 
 def run_demo(
@@ -261,25 +455,24 @@ def run_demo(
     serve: bool = True,
     verbose: bool = False,
 ) -> dict[str, Any]:
-    """Run the chains of ``families``; ``size``, ``epochs`` and ``teacher_steps`` trade quality for time."""
+    """Run the chains of ``families``; ``size``, ``epochs`` and ``teacher_steps`` trade quality for time.
+
+    The first chain (MulCoT-RD, the longest) runs in this process; the others run beside it
+    (:class:`_Beside`), on the same Ray cluster: a 2-core machine has room for both, as the
+    stages of one chain leave cores idle while Ray starts workers, loads models and saves."""
     unknown = set(families) - set(CHAINS)
     if unknown:
         raise config.ConfigError(f"--family: no chain {sorted(unknown)} (choose from {', '.join(CHAINS)})")
+    families = tuple(f for f in CHAINS if f in families)
     root = project_root()
     workdir = os.path.abspath(workdir)
     if fresh and os.path.exists(workdir):
         shutil.rmtree(workdir)
     Path(workdir).mkdir(parents=True, exist_ok=True)
     models = os.path.join(workdir, "models")
-    extra = [f"data:data.size={size}"] if size else []
-    if epochs:
-        extra += [f"{stage}:train.epochs={epochs}" for stage in ("assistant", "student", "train")]
-    if teacher_steps:
-        # A stand-in teacher fitted for fewer steps gets many labels wrong even when told the gold
-        # one (pass 2); by default those chains stay out of training, which could leave none.
-        extra.append("rationales:teacher.keep_disagreeing_pass2=true")
     results: dict[str, Any] = {"workdir": workdir, "chains": {}}
     steps_table = _Steps()
+    began = time.perf_counter()
     log = os.path.join(workdir, "demo.log")
     with console.quiet(log, enabled=not verbose) as log_path:
         console.say(
@@ -298,34 +491,50 @@ def run_demo(
 
         results["models"] = steps_table.run("tiny models (HF format, random weights)", build_models)["models"]
 
-        for name in families:
-            names = {stage["name"] for stage in config.load_raw(root / CHAINS[name].pipeline)["stages"]}
-            chain, pipe, steps, overrides = _load_chain(
-                name, root, workdir, models, [o for o in extra if o.split(":")[0] in names]
-            )
+        loaded = {
+            name: _load_chain(name, root, workdir, models, _size_overrides(name, root, size, epochs, teacher_steps))
+            for name in families
+        }
+        for name, (chain, pipe, steps, overrides) in loaded.items():
             console.say(f"\n== {chain.title}")
             console.say(f"   rerun: sentiray pipeline {chain.pipeline} {' '.join(overrides)}")
             steps_table.run(f"{name}: data", _run_steps, pipe, steps[:1])
 
-            steps_table.run(f"{name}: stand-in model (fitted, cached)", _stand_ins, name, steps, models, teacher_steps)
-            steps_table.run(f"{name}: {' -> '.join(s.name for s in steps[1:])}", _run_steps, pipe, steps)
-            line, numbers = headline(name, steps)
-            console.say(f"   {line}")
-            results["chains"][name] = {"outputs": {s.name: s.output for s in steps}, "headline": line, **numbers}
+        first, beside = families[0], families[1:]
+        options = [
+            f"--{k.replace('_', '-')}={v}"
+            for k, v in (("size", size), ("epochs", epochs), ("teacher_steps", teacher_steps))
+            if v
+        ]
+        side = _Beside(beside, workdir, options, verbose, loaded[first][2][0].cfg.ray) if beside else None
+        try:
+            chain, pipe, steps, _ = loaded[first]
+            console.say(f"\n== {chain.title}")
+            console.say("   its stand-in for a pretrained model: fitted on the train split, cached")
+            steps_table.run(f"{first}: stand-in model", _fit_stand_ins, {first: loaded[first]}, models, teacher_steps)
+            results["chains"][first] = _run_chain(first, pipe, steps, steps_table)
 
-        if serve and "mulcot" in families:
+            if serve and first == "mulcot":
 
-            def serving():
-                from sentiray.serving.demo_step import serve_and_query
+                def serving():
+                    from sentiray.serving.demo_step import serve_and_query
 
-                answers = serve_and_query(results["chains"]["mulcot"]["outputs"]["student"], n_requests=3)
-                results["served"] = answers
-                return answers, f"{sum(a['status'] == 200 for a in answers)}/{len(answers)} requests answered"
+                    answers = serve_and_query(results["chains"]["mulcot"]["outputs"]["student"], n_requests=3)
+                    results["served"] = answers
+                    return answers, f"{sum(a['status'] == 200 for a in answers)}/{len(answers)} requests answered"
 
-            steps_table.run("serve the MulCoT student (Ray Serve) and query it", serving)
+                steps_table.run("serve the MulCoT student (Ray Serve) and query it", serving)
+        except BaseException:
+            if side is not None:
+                side.stop()
+            raise
+        if side is not None:
+            done = side.finish()
+            results["chains"].update(done["chains"])
+            steps_table.rows += [(f"{n} (beside)", s, w) for n, s, w in done["rows"]]
 
         console.say("\n== summary")
-        console.say(steps_table.table())
+        console.say(steps_table.table(time.perf_counter() - began))
         for name, chain_result in results["chains"].items():
             console.say(f"{name:>7}: {chain_result['headline']}")
         console.say(f"\nMLflow: experiment '{EXPERIMENT}', one parent run per chain; look at it with:")
@@ -334,3 +543,30 @@ def run_demo(
         )
     results["log"] = log_path
     return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sentiray.demo``: the second driver of ``sentiray demo`` (:func:`run_beside`)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m sentiray.demo", description=run_beside.__doc__)
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--family", action="append", choices=list(CHAINS), required=True)
+    p.add_argument("--results", required=True, help="where to write the chains' results (JSON)")
+    p.add_argument("--size", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--teacher-steps", type=int)
+    p.add_argument("--verbose", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        run_beside(
+            args.workdir, tuple(args.family), args.results, args.size, args.epochs, args.teacher_steps, args.verbose
+        )
+    except DemoFailed as exc:
+        console.warn(f"error: {exc}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

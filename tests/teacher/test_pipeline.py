@@ -131,6 +131,9 @@ def test_hf_stage_writes_every_id_exactly_once_with_its_fields(ray_cluster, tiny
     # train: 48 rows in shards of at most 10, committed as they finished
     train_files = [n for n in storage.listdir(storage.join(out, "train")) if n.startswith("part-")]
     assert len(train_files) == 5
+    # rows in input order whatever the number of actors (2 here): the same rows give the same shards
+    train_ids = [r["id"] for r in schema.read_rows(out, "train")]
+    assert train_ids == sorted(train_ids)
 
     for split in schema.SPLITS:
         for r in schema.read_rows(out, split):

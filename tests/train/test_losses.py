@@ -65,7 +65,8 @@ def test_distill_stream_loss_masks_and_mixes():
     t_full = torch.randn(2, 8, 5, generator=torch.Generator().manual_seed(4))
     t_labels = torch.cat([torch.full((2, 2), -100), labels], dim=1)
     t_target = losses.target_logits(t_full, t_labels)
-    loss, ce, kl = losses.distill_stream_loss(s_logits, labels, t_target, lam, tau)
+    s_target = losses.target_logits(s_logits, labels)
+    loss, ce, kl = losses.distill_stream_loss(s_target, losses.target_tokens(labels), t_target, lam, tau)
     # direct computation over the target positions only
     pairs = [(b, t) for b in range(2) for t in range(5) if labels[b, t + 1] != -100]
     assert len(pairs) == 3 + 2
@@ -97,3 +98,31 @@ def test_hidden_mse_with_projection():
     proj = torch.nn.Linear(4, 6, bias=False)
     s, t = torch.randn(5, 4), torch.randn(5, 6)
     assert losses.hidden_mse(s, t, proj).item() == pytest.approx(((proj(s) - t) ** 2).mean().item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["vlm", "causal_lm"])
+def test_target_forward_computes_only_the_target_logits(tiny_models, kind):
+    """The model is asked for the target positions' logits only, and they are the full forward's."""
+    from sentiray.models.inputs import PromptEncoder
+    from sentiray.models.loading import load_model
+
+    model, processor = load_model(tiny_models[kind], kind=kind)
+    model.eval()
+    encoder = PromptEncoder(processor)
+    from PIL import Image
+
+    image = Image.new("RGB", (32, 32), (200, 30, 30)) if kind == "vlm" else None
+    items = [
+        encoder.encode("Is this post positive?", image, "Yes, it is positive.", max_length=128),
+        encoder.encode("A longer prompt about the post, to pad the other row.", image, "No.", max_length=128),
+    ]
+    batch = encoder.collate(items)
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        full = model(**batch).logits
+        out, gathered = losses.target_forward(model, batch, labels)
+    n_targets = int((labels[:, 1:] != -100).sum())
+    assert out.logits.dim() == 2 and out.logits.shape[0] == n_targets  # only those positions were computed
+    assert torch.allclose(gathered, losses.target_logits(full, labels), atol=1e-5)
+    ce = losses.gathered_ce(gathered, losses.target_tokens(labels))
+    assert ce.item() == pytest.approx(losses.target_ce(full, labels).item(), rel=1e-5)

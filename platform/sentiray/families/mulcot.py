@@ -229,8 +229,8 @@ class MulCoTFamily(Family):
             inputs = _to(batch[stream_key], device, model)
             labels = inputs.pop("labels")
             if self.teacher is None:
-                out = model(**inputs)
-                stream = losses.target_ce(out.logits, labels)
+                _, logits = losses.target_forward(model, inputs, labels)
+                stream = losses.gathered_ce(logits, losses.target_tokens(labels))
                 if present:
                     parts[f"ce_{key}"] = float(stream.detach())
             else:
@@ -248,18 +248,17 @@ class MulCoTFamily(Family):
         want_hidden = distill.hidden_mse
         with torch.no_grad():
             t_labels = teacher_inputs.pop("labels")
-            t_out = self.teacher(**teacher_inputs, output_hidden_states=want_hidden)
-            t_target = losses.target_logits(t_out.logits, t_labels)
-        out = model(**inputs, output_hidden_states=want_hidden)
+            t_out, t_target = losses.target_forward(
+                self.teacher, teacher_inputs, t_labels, output_hidden_states=want_hidden
+            )
+        out, s_target = losses.target_forward(model, inputs, labels, output_hidden_states=want_hidden)
         stream, ce, kl = losses.distill_stream_loss(
-            out.logits, labels, t_target, distill.lambda_kd, distill.tau, distill.scale_tau2
+            s_target, losses.target_tokens(labels), t_target, distill.lambda_kd, distill.tau, distill.scale_tau2
         )
         parts[f"ce_{key}"], parts[f"kl_{key}"] = float(ce.detach()), float(kl.detach())
         if want_hidden:
-            mask_s = losses.shift(out.logits, labels)[1] != losses.IGNORE
-            mask_t = losses.shift(t_out.logits, t_labels)[1] != losses.IGNORE
-            s_hidden = out.hidden_states[-1][:, :-1][mask_s]
-            t_hidden = t_out.hidden_states[-1][:, :-1][mask_t]
+            s_hidden = out.hidden_states[-1][losses.target_mask(labels)]
+            t_hidden = t_out.hidden_states[-1][losses.target_mask(t_labels)]
             projection = getattr(model, "module", model).projection
             mse = losses.hidden_mse(s_hidden, t_hidden, projection)
             parts[f"hidden_mse_{key}"] = float(mse.detach())

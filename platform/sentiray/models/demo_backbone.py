@@ -28,6 +28,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -134,8 +135,10 @@ def fit_demo_backbone(
     batch_size: int = 32,
     lr: float = 3e-3,
     log_every: int = 50,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> str:
-    """Fit (or reuse) the demo backbone from the tiny causal LM at ``base``; returns ``out_dir``."""
+    """Fit (or reuse) the demo backbone from the tiny causal LM at ``base``; returns ``out_dir``.
+    ``on_step(done, total)`` is called after each optimizer step."""
     from sentiray.config.mse_adapter import MseAdapterConfig
     from sentiray.data.schema import labels_for
     from sentiray.families.mse_adapter import RowEncoder, make_spec
@@ -155,6 +158,8 @@ def fit_demo_backbone(
     )
     marker = os.path.join(out_dir, MARKER)
     if os.path.isfile(marker) and json.load(open(marker)) == signature:
+        if on_step is not None:
+            on_step(steps, steps)
         return out_dir
     model, tokenizer = load_model(base, kind="causal_lm")
     rng = np.random.default_rng(seed)
@@ -192,6 +197,8 @@ def fit_demo_backbone(
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if on_step is not None:
+            on_step(step, steps)
         if bar is not None:
             bar.update(1)
         if step % log_every == 0 or step == steps:

@@ -24,6 +24,7 @@ import random
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -125,6 +126,7 @@ def _train(
     warmup: bool,
     log_every: int,
     stage: str,
+    on_step: Callable[[int], None] | None = None,
 ) -> None:
     """``steps`` AdamW steps on random batches of ``items`` (loss on target tokens only)."""
     if steps <= 0:
@@ -139,6 +141,7 @@ def _train(
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     from sentiray import console
+    from sentiray.train import losses
 
     bar = console.quiet_progress(steps, f"demo teacher ({stage})", unit="step")
     order: list[int] = []
@@ -147,13 +150,18 @@ def _train(
         if len(order) < batch_size:
             order += rng.sample(range(len(items)), len(items))
         batch_ids, order = order[:batch_size], order[batch_size:]
-        loss = model(**encoder.collate([items[i] for i in batch_ids])).loss
+        batch = encoder.collate([items[i] for i in batch_ids])
+        labels = batch.pop("labels")
+        _, logits = losses.target_forward(model, batch, labels)
+        loss = losses.gathered_ce(logits, losses.target_tokens(labels))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         recent.append(loss.item())
+        if on_step is not None:
+            on_step(step)
         if bar is not None:
             bar.update(1)
             bar.set_postfix_str(f"loss {loss.item():.3f}", refresh=False)
@@ -194,13 +202,15 @@ def fit_demo_teacher(
     vision_lr_scale: float = 0.1,
     log_every: int = 50,
     kinds: tuple[str, ...] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> str:
     """Fit the tiny VLM at ``vlm_path`` on the gold chains of ``data_uri``'s train split.
 
     Writes an HF folder to ``out_dir`` (local) and returns its path; a folder already
     fitted with the same arguments is returned as is. ``kinds``: the prompt kinds to learn
     (default all: chain, rationalize, explain_text, describe_image); a MulCoT teacher needs only
-    the first two, and learns them better in the same steps without the others.
+    the first two, and learns them better in the same steps without the others. ``on_step(done,
+    total)`` is called after each optimizer step (both stages count).
     """
     from sentiray.models.inputs import PromptEncoder
     from sentiray.models.loading import load_model, save_model
@@ -219,8 +229,12 @@ def fit_demo_teacher(
         max_length=max_length,
         **({"kinds": list(kinds)} if kinds else {}),  # absent by default: folders fitted before stay valid
     )
+    align_steps = align_steps if align_steps is not None else steps // 2
+    total = align_steps + steps
     if is_fitted(out_dir, signature):
         print(f"demo teacher: reusing {out_dir}")
+        if on_step is not None:
+            on_step(total, total)
         return out_dir
 
     rows = [r for r in schema.read_rows(data_uri, "train") if r.get("gold_chain")]
@@ -240,7 +254,6 @@ def fit_demo_teacher(
                 # as the pipeline asks: the text explanation without the image, all else with it
                 item = encoder.encode(prompt, None if kind == "explain_text" else image, target, max_length=max_length)
                 (look_items if kind == "look" else items).append(item)
-        align_steps = align_steps if align_steps is not None else steps // 2
         print(
             f"demo teacher: fitting {vlm_path} on {len(rows)} train rows: {align_steps} steps on the images' moods "
             f"({len(look_items)} examples), then {steps} on {len(items)} examples of every prompt kind"
@@ -265,10 +278,23 @@ def fit_demo_teacher(
             warmup=False,
             log_every=log_every,
             stage="align",
+            on_step=None if on_step is None else lambda k: on_step(k, total),
         )
         # Stage 2: every prompt kind; the language model at full rate, the vision side gently.
         groups = [{"params": text, "lr": lr}, {"params": vision, "lr": lr * vision_lr_scale}]
-        _train(model, encoder, items, steps, groups, batch_size, rng, warmup=True, log_every=log_every, stage="fit")
+        _train(
+            model,
+            encoder,
+            items,
+            steps,
+            groups,
+            batch_size,
+            rng,
+            warmup=True,
+            log_every=log_every,
+            stage="fit",
+            on_step=None if on_step is None else lambda k: on_step(align_steps + k, total),
+        )
         model.eval()
 
     # Write beside the target and rename: a crash never leaves a folder that looks fitted.

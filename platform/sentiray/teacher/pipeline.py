@@ -864,6 +864,10 @@ def _process(
             batch_format="pyarrow",
             **_actor_options(t),
         )
+    # Results in input order, whatever the number of actors: the same rows give the same shards,
+    # and so the same training order downstream (in completion order, two actors gave a demo
+    # student test accuracies from 0.60 to 0.87 run to run).
+    ds.context.execution_options.preserve_order = True
 
     def commit(w: SplitWork, results: list[dict[str, Any]]) -> None:
         failing = [r for r in results if (r["error"] or "").startswith("teacher error")]

@@ -7,6 +7,8 @@ logits and labels are shifted by one before comparing.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -30,6 +32,42 @@ def target_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return logits[labels != IGNORE]
 
 
+def target_mask(labels: torch.Tensor) -> torch.Tensor:
+    """(batch, length) True at the positions whose logits predict a target token (token t+1)."""
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    mask[:, :-1] = labels[:, 1:] != IGNORE
+    return mask
+
+
+def target_tokens(labels: torch.Tensor) -> torch.Tensor:
+    """The target token ids, in the order of :func:`target_logits`."""
+    shifted = labels[:, 1:]
+    return shifted[shifted != IGNORE]
+
+
+def target_forward(model: torch.nn.Module, inputs: dict[str, Any], labels: torch.Tensor, **kwargs: Any):
+    """Run ``model`` and return (its output, the (n_target_tokens, vocab) logits that predict
+    ``labels``' target tokens, in order).
+
+    The model is asked for those positions' logits only (``logits_to_keep`` as a boolean mask,
+    which transformers' generative models take): the LM head over every prompt and padding
+    position was a fifth of a tiny model's step, and on a real vocabulary (152k for Qwen2.5)
+    the full logits are most of the activation memory. A model that returns every position's
+    logits anyway has them gathered here.
+    """
+    out = model(**inputs, logits_to_keep=target_mask(labels), **kwargs)
+    logits = out.logits
+    if logits.dim() == 3:
+        logits = target_logits(logits, labels)
+    return out, logits
+
+
+def gathered_ce(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of gathered target logits (:func:`target_forward`) against their tokens;
+    the same number as :func:`target_ce` on the full logits."""
+    return F.cross_entropy(logits.float(), tokens)
+
+
 def kd_kl(student: torch.Tensor, teacher: torch.Tensor, tau: float, scale_tau2: bool = True) -> torch.Tensor:
     """Mean over rows of KL(softmax(teacher / tau) || softmax(student / tau)).
 
@@ -47,8 +85,8 @@ def kd_kl(student: torch.Tensor, teacher: torch.Tensor, tau: float, scale_tau2: 
 
 
 def distill_stream_loss(
-    student_logits: torch.Tensor,
-    student_labels: torch.Tensor,
+    student_target_logits: torch.Tensor,
+    student_targets: torch.Tensor,
     teacher_target_logits: torch.Tensor,
     lambda_kd: float,
     tau: float,
@@ -56,12 +94,13 @@ def distill_stream_loss(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(1 - lambda) * CE + lambda * KL over one stream's target tokens; returns (loss, ce, kl).
 
-    The teacher's logits come already gathered at its own target positions
-    (:func:`target_logits`), so teacher and student may see different prompt lengths (for
+    Both models' logits come gathered at their own target positions (:func:`target_forward`,
+    :func:`target_logits`), with ``student_targets`` the tokens they predict
+    (:func:`target_tokens`), so teacher and student may see different prompt lengths (for
     instance different numbers of image tokens) as long as the targets are the same tokens.
     """
-    ce = target_ce(student_logits, student_labels)
-    s = target_logits(student_logits, student_labels)
+    ce = gathered_ce(student_target_logits, student_targets)
+    s = student_target_logits
     t = teacher_target_logits
     if t.size(-1) != s.size(-1):
         # Vocabularies were aligned on load; padded rows beyond the tokenizer never occur
