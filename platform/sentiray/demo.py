@@ -257,8 +257,9 @@ def _fit_one(name: str, models: str, data_uri: str, steps: int) -> tuple[str, st
     if name in ("mulcot", "lrsa"):
         from sentiray.teacher.demo_teacher import describe, fit_demo_teacher
 
-        # the MulCoT chain's teacher writes chains only (its pipeline asks no LRSA rationales)
-        kinds = {"kinds": ("chain", "rationalize")} if name == "mulcot" else {}
+        # the MulCoT chain's teacher writes chains only (its pipeline asks no LRSA rationales);
+        # each teacher's logits setting is the one it was checked with (fit_demo_teacher)
+        kinds = {"kinds": ("chain", "rationalize"), "target_logits": True} if name == "mulcot" else {}
         target = f"{models}/teacher" if name == "mulcot" else f"{models}/teacher-lrsa"
         path = fit_demo_teacher(f"{models}/vlm", data_uri, target, steps=steps, on_step=on_step, **kinds)
         return path, describe(path)
