@@ -148,6 +148,32 @@ def test_outputs_are_wired_and_overrides_reach_their_stage(tmp_path):
 # --------------------------------------------------------------------------- a failing stage
 
 
+def test_on_stage_is_called_as_each_stage_that_runs_starts(tmp_path):
+    """The hook the demo starts Serve from while the student trains: called before a stage
+    runs (the stages before it are done, its own output is not), never for a skipped one."""
+    root = tmp_path / "out"
+    p = write_pipeline(
+        tmp_path / "p.yaml",
+        root,
+        [
+            {"name": "first", "config": str(JOBS / "data.yaml"), "overrides": ["data.size=40", "data.output=data/a"]},
+            {"name": "second", "config": str(JOBS / "data.yaml"), "overrides": ["data.size=40", "data.output=data/b"]},
+        ],
+    )
+    pipe, steps = pipeline.load(p)
+    seen = []
+
+    def on_stage(step):
+        seen.append((step.name, [schema.is_complete(s.output) for s in steps]))
+
+    assert pipeline.run(pipe, steps, summary=False, on_stage=on_stage) == 0
+    assert seen == [("first", [False, False]), ("second", [True, False])]
+    assert all(schema.is_complete(s.output) for s in steps)
+    seen.clear()
+    assert pipeline.run(pipe, steps, summary=False, on_stage=on_stage) == 0
+    assert seen == []  # both complete: skipped
+
+
 def test_a_failed_stage_stops_the_chain_and_a_rerun_starts_there(tmp_path, capsys, tiny_models):
     root = tmp_path / "out"
     model = tmp_path / "student"  # not there yet: the evaluate stage fails when it loads it

@@ -33,6 +33,7 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -321,12 +322,18 @@ def _parent_run(pipe: PipelineConfig, state: State):
 
 
 def run(
-    pipe: PipelineConfig, steps: list[Step], address: str | None = None, follow: bool = True, summary: bool = True
+    pipe: PipelineConfig,
+    steps: list[Step],
+    address: str | None = None,
+    follow: bool = True,
+    summary: bool = True,
+    on_stage: Callable[[Step], None] | None = None,
 ) -> int:
     """Run the chain; returns the exit code (0 done, 1 a stage failed, 130 interrupted).
 
     Its own lines go through :mod:`sentiray.console` (they reach the terminal in quiet mode);
-    ``summary``: end with the table of stages.
+    ``summary``: end with the table of stages; ``on_stage(step)`` is called as each stage that
+    runs starts (the demo starts Serve while the student trains).
     """
     from sentiray import console
 
@@ -369,6 +376,8 @@ def run(
                 rows.append((step.name, "skipped", step.output or "", 0.0))
                 continue
             console.say(header)
+            if on_stage is not None:
+                on_stage(step)
             state.set(step.name, status="running", output=step.output, started=time.time())
             start = time.perf_counter()
             try:

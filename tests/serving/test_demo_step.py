@@ -29,10 +29,23 @@ def test_serve_and_query_answers_and_cleans_up(serve_base, tiny_models, capsys):
     assert serve_base  # still the session's proxy
 
 
+SECOND_CLUSTER = """
+import json, ray
+from sentiray.serving.demo_step import serve_and_query, start_serve
+started = start_serve()  # as the demo does while its student trains: Serve up before the model exists
+again = start_serve()  # it runs now: nothing to start
+statuses = [a["status"] for a in serve_and_query(MODEL, n_requests=1, chat=False, stop_serve=True)]
+serve_actors = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "SERVE" in a["name"]]
+print(json.dumps({"started": started, "again": again, "statuses": statuses, "serve_actors": serve_actors, "ray": ray.is_initialized()}))
+"""
+
+
 def test_a_second_local_cluster_serves_beside_a_running_one(serve_base, tiny_models):
     """A user's second terminal: `sentiray serve` runs (here: the session's Serve, HAProxy in
     front) and another command starts its own local Ray and serves too. Each cluster's HAProxy
-    takes its own stats and metrics ports, so neither fails to start."""
+    takes its own stats and metrics ports, so neither fails to start. That command is the
+    demo's serving path: Serve started first (:func:`start_serve`), then the model deployed,
+    asked, and Serve stopped with it (``stop_serve``) while Ray stays up."""
     import json
     import os
     import subprocess
@@ -40,10 +53,10 @@ def test_a_second_local_cluster_serves_beside_a_running_one(serve_base, tiny_mod
 
     # a user's shell: none of the variables this session's driver set for its own cluster
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_SERVE_", "RAY_ADDRESS"))}
-    code = (
-        "import json; from sentiray.serving.demo_step import serve_and_query; "
-        f"print(json.dumps([a['status'] for a in serve_and_query({tiny_models['vlm']!r}, n_requests=1, chat=False)]))"
-    )
+    code = SECOND_CLUSTER.replace("MODEL", repr(tiny_models["vlm"]))
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == [200]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["statuses"] == [200]
+    assert seen["started"] is True and seen["again"] is False
+    assert seen["serve_actors"] == [] and seen["ray"]  # Serve's controller and proxy gone, Ray not

@@ -28,15 +28,37 @@ def _demo_requests(n: int) -> list[dict[str, Any]]:
     return out
 
 
+def start_serve() -> bool:
+    """Start Serve (controller and proxy) on the Ray cluster, at a free port, before the model to
+    deploy exists (:func:`serve_and_query` then uses it); returns whether it started Serve (False:
+    it ran already)."""
+    from ray.serve.context import _get_global_client
+
+    from sentiray import runtime
+    from sentiray.serving import app
+
+    runtime.ensure_ray()
+    if _get_global_client(raise_if_no_controller_running=False) is not None:
+        return False
+    app.start_serve("127.0.0.1", runtime.free_port("127.0.0.1"))
+    return True
+
+
 def serve_and_query(
-    model: str, n_requests: int = 3, port: int | None = None, chat: bool = True, api_key: str | None = None
+    model: str,
+    n_requests: int = 3,
+    port: int | None = None,
+    chat: bool = True,
+    api_key: str | None = None,
+    stop_serve: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Serve ``model`` (an HF folder, s3:// prefix or models:/ URI), send requests, return the answers.
 
     Returns one dict per request: ``{"request": ..., "gold": ..., "status": ..., "answer": ...}``;
     with ``chat`` the last one is an OpenAI chat completion. ``port`` defaults to a free one;
     if Serve already runs on this cluster, its own port is used. Whatever this function
-    started (Ray, Serve, the application), it stops again.
+    started (Ray, Serve, the application), it stops again; ``stop_serve=True`` stops a Serve
+    that ran before too (one :func:`start_serve` started for it).
     """
     import ray
     import requests
@@ -82,9 +104,10 @@ def serve_and_query(
             r = requests.post(f"{endpoint}/v1/chat/completions", json=body, headers=headers, timeout=120)
             answers.append({"request": body, "gold": None, "status": r.status_code, "answer": r.json()})
     finally:
-        serve.delete(DEMO_APP)
-        if not serve_was_running:
-            serve.shutdown()
+        if stop_serve or (stop_serve is None and not serve_was_running):
+            serve.shutdown()  # its applications too
+        else:
+            serve.delete(DEMO_APP)
         if started_ray:
             ray.shutdown()
     from sentiray import console
