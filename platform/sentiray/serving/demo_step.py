@@ -11,6 +11,9 @@ from typing import Any
 
 DEMO_APP = "demo-student"
 DEMO_PREFIX = "/demo"
+# room for a whole chain (the demo student's run to 110-117 tokens): a cut one has no
+# "Prediction" field, and its label would be guessed from the words it got to
+CHAIN_TOKENS = 128
 
 
 def _demo_requests(n: int) -> list[dict[str, Any]]:
@@ -21,7 +24,12 @@ def _demo_requests(n: int) -> list[dict[str, Any]]:
     rows += synthetic.generate("masc", 20, seed=7).splits["test"][:1]
     out = []
     for row in rows:
-        req = {"text": row["text"], "image": base64.b64encode(row["image"]).decode(), "chain": True, "max_tokens": 64}
+        req = {
+            "text": row["text"],
+            "image": base64.b64encode(row["image"]).decode(),
+            "chain": True,
+            "max_tokens": CHAIN_TOKENS,
+        }
         if row.get("aspect"):
             req["aspect"] = row["aspect"]
         out.append({"request": req, "gold": row["label"]})
@@ -80,7 +88,7 @@ def serve_and_query(
                 "app_name": DEMO_APP,
                 "route_prefix": DEMO_PREFIX,
                 "blocking": False,
-                "endpoint": {"chain_max_new_tokens": 64},
+                "endpoint": {"chain_max_new_tokens": CHAIN_TOKENS},
                 "chat_max_new_tokens": 32,
                 "min_replicas": 1,
                 "max_replicas": 1,
