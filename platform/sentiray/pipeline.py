@@ -303,6 +303,16 @@ def _run_job(step: Step, client, address: str, parent_run_id: str | None, follow
         print(f"{step.name}: {result.submission_id}: {retries.line()}", flush=True)
     if status != "SUCCEEDED":
         tail = sj.error_tail(client, result.submission_id, secrets=sub.secrets)
+        if status == "FAILED" and is_complete(step.cfg):
+            # The stage wrote the marker it writes last, then its process failed: seen as a
+            # SIGABRT at interpreter exit ("terminate called without an active exception") after
+            # a data stage's "wrote ..." line. A rerun would skip the stage; this run goes on so.
+            print(
+                f"warning: {step.name}: job {result.submission_id} FAILED after its output was complete "
+                f"({step.output}): taken as done. The end of its log:\n{tail}",
+                file=sys.stderr,
+            )
+            return {"job_id": result.submission_id, "failed_after_output": True}
         print(tail, file=sys.stderr)
         raise StageFailed(f"job {result.submission_id} {status}: {tail.splitlines()[0]}")
     return {"job_id": result.submission_id}

@@ -3,6 +3,7 @@ parent run handed to each job, and a rerun that submits nothing because everythi
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import mlflow
@@ -11,7 +12,7 @@ import yaml
 
 from sentiray import cli, pipeline
 from sentiray.cluster import submit as sj
-from sentiray.data import schema, storage
+from sentiray.data import schema, storage, synthetic
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -111,3 +112,53 @@ def test_a_failing_job_stops_the_pipeline_with_its_error(head, tmp_path, monkeyp
     assert "no-such-folder" in err  # the job's own error, from its log tail
     st = storage.read_json(str(root / pipeline.STATE_DIR / "fails.json"))
     assert st["stages"]["prepare"]["status"] == "failed" and "after" not in st["stages"]
+
+
+@pytest.mark.slow
+def test_a_job_that_fails_after_its_output_is_complete_is_taken_as_done(head, tmp_path, monkeypatch, capsys):
+    """A stage's job can fail after the stage wrote the marker it writes last: once seen as a
+    SIGABRT at interpreter exit right after a data stage's "wrote ..." line. A rerun would skip
+    that stage, so the run goes on as the rerun would, with a warning and the job's log tail.
+
+    Here a real job fails (it redoes the data set, ``data.overwrite``, from an input that is not
+    there) while the output from before is complete; the step as checked is the one without
+    ``overwrite`` (with it, nothing counts as complete, and the failure stops the stage)."""
+    address, _ = head
+    monkeypatch.chdir(REPO)
+    p = tmp_path / "p.yaml"
+    p.write_text(
+        yaml.safe_dump(
+            {
+                "name": "late-failure",
+                "storage": {"root": str(tmp_path / "out")},
+                "tracking": {"enabled": False},
+                "stages": [
+                    {
+                        "name": "prepare",
+                        "config": "jobs/data.yaml",
+                        "overrides": [
+                            "data.format=twitter2015",
+                            f"data.input={tmp_path / 'no-such-folder'}",
+                            "data.output=data/msc",
+                            "data.overwrite=true",
+                        ],
+                    }
+                ],
+            }
+        )
+    )
+    _, (redo,) = pipeline.load(p)
+    schema.write_dataset(synthetic.generate("msc", 20, seed=0), redo.output)  # complete, from before
+    data = redo.cfg.data.model_copy(update={"overwrite": False})
+    written = dataclasses.replace(redo, cfg=redo.cfg.model_copy(update={"data": data}))
+    assert pipeline.is_complete(written.cfg) and not pipeline.is_complete(redo.cfg)
+    client = sj.connect(address)
+    capsys.readouterr()
+    done = pipeline._run_job(written, client, address, None, follow=False)
+    _, err = capsys.readouterr()
+    assert done["failed_after_output"] and done["job_id"].startswith("sentiray-data-")
+    assert sj.status_of(client.get_job_info(done["job_id"])) == "FAILED"
+    assert "FAILED after its output was complete" in err and "no-such-folder" in err  # the job's own error
+
+    with pytest.raises(pipeline.StageFailed, match="FAILED"):
+        pipeline._run_job(redo, client, address, None, follow=False)
