@@ -337,7 +337,7 @@ def _fit_progress(models: str, steps: dict[str, int]):
         thread.join(timeout=5)
 
 
-# --------------------------------------------------------------------------- the chains beside
+# --------------------------------------------------------------------------- what the demo starts
 
 
 @contextlib.contextmanager
@@ -385,6 +385,9 @@ class _ServeEarly:
             from ray import serve
 
             serve.shutdown()
+
+
+# --------------------------------------------------------------------------- the chains beside
 
 
 class _Beside:

@@ -36,17 +36,21 @@ def _demo_requests(n: int) -> list[dict[str, Any]]:
     return out
 
 
+def _serve_running() -> bool:
+    from ray.serve.context import _get_global_client
+
+    return _get_global_client(raise_if_no_controller_running=False) is not None
+
+
 def start_serve() -> bool:
     """Start Serve (controller and proxy) on the Ray cluster, at a free port, before the model to
     deploy exists (:func:`serve_and_query` then uses it); returns whether it started Serve (False:
     it ran already)."""
-    from ray.serve.context import _get_global_client
-
     from sentiray import runtime
     from sentiray.serving import app
 
     runtime.ensure_ray()
-    if _get_global_client(raise_if_no_controller_running=False) is not None:
+    if _serve_running():
         return False
     app.start_serve("127.0.0.1", runtime.free_port("127.0.0.1"))
     return True
@@ -71,14 +75,13 @@ def serve_and_query(
     import ray
     import requests
     from ray import serve
-    from ray.serve.context import _get_global_client
 
     from sentiray import config, runtime
     from sentiray.serving import app
 
     started_ray = not ray.is_initialized()
     runtime.ensure_ray()
-    serve_was_running = _get_global_client(raise_if_no_controller_running=False) is not None
+    serve_was_running = _serve_running()
     job = config.validate(
         {
             "stage": "serve",
